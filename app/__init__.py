@@ -1,0 +1,1 @@
+"""Streamlit front end and the `clinseg` command line: orchestration and display only."""

@@ -1,0 +1,37 @@
+"""Orchestration shared by the CLI, the app and batch jobs: study -> window -> embed -> decode."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from integrations.errors import InvalidPromptError
+from integrations.volume import Volume
+from integrations.windowing import slice_image, volume_window
+from models.segmentation import Segmentation
+from prompting.promptset import PromptSet
+
+
+@dataclass
+class SliceSession:
+    """One slice of one study prepared for interactive segmentation (encoded once)."""
+
+    volume: Volume
+    slice_index: int
+    bounds: tuple[float, float]
+    image01: np.ndarray
+
+    @staticmethod
+    def open(volume: Volume, slice_index: int | None = None, window: str | None = None) -> "SliceSession":
+        z = volume.num_slices // 2 if slice_index is None else int(slice_index)
+        if not 0 <= z < volume.num_slices:
+            raise InvalidPromptError(f"slice {z} does not exist; the study has slices 0..{volume.num_slices - 1}.")
+        bounds = volume_window(volume, window)
+        return SliceSession(volume, z, bounds, slice_image(volume, z, bounds))
+
+
+def segment(segmenter, session: SliceSession, prompt: PromptSet, multimask: bool = False) -> Segmentation:
+    emb = segmenter.embed(session.image01)
+    seg = segmenter.decode(emb, prompt, multimask=multimask)
+    seg.slice_index = session.slice_index
+    return seg

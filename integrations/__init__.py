@@ -1,0 +1,1 @@
+"""The outside world: reading studies, writing results, devices and stores."""

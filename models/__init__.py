@@ -1,0 +1,1 @@
+"""Segmenters (SAM family), embedding cache, adapters, uncertainty."""

