@@ -91,7 +91,10 @@ def _read_dataset(path) -> "pydicom.Dataset":  # noqa: F821
     if not os.path.exists(p):
         raise FileNotFoundError(f"RTSTRUCT file not found: {p}")
     try:
-        ds = pydicom.dcmread(p)
+        try:
+            ds = pydicom.dcmread(p)
+        except pydicom.errors.InvalidDicomError:
+            ds = pydicom.dcmread(p, force=True)  # older exports lack the 128-byte preamble
     except Exception as e:
         raise UnreadableFileError(f"cannot read {os.path.basename(p)} as DICOM ({type(e).__name__}); "
                                   "give the RT Structure Set file exported by the planning system") from e
