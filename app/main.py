@@ -1,7 +1,8 @@
-"""clinseg workstation (Streamlit). Start with `make run`.
+"""clinseg workstation (Streamlit). Start with `make run` (listens on 127.0.0.1:8501).
 
-This page is the minimal viewer of the core issue: open the bundled demo or a path, pick a slice and
-window, give a box, see the mask. The full workstation grows from here.
+One screen: the sidebar opens a study and moves through it; the tabs segment it (box, clicks,
+scribbles, text, gaze, clinical metadata), review RT contours, work the triage list and export.
+All state lives in one typed `Workstation` (app/state.py) in the session.
 """
 from __future__ import annotations
 
@@ -13,72 +14,81 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts app/ on the path, not the repo
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np
-import streamlit as st
+import importlib.util  # noqa: E402
 
-from app.pipeline import SliceSession, segment
-from integrations.errors import ClinsegInputError, ModelWeightsError
-from integrations.loaders import load_volume
-from integrations.windowing import WINDOWS
-from prompting.promptset import PromptSet
+import streamlit as st  # noqa: E402
 
-DEMO = ROOT / "app" / "demo" / "colin27_demo.nii.gz"
+from app.state import Workstation  # noqa: E402
+from app.views import guarded  # noqa: E402
 
 
-@st.cache_resource(show_spinner="Loading LiteMedSAM...")
-def get_segmenter():
-    from models.registry import build_segmenter
+def workstation() -> Workstation:
+    if "ws" not in st.session_state:
+        st.session_state["ws"] = Workstation()
+    return st.session_state["ws"]
 
-    return build_segmenter("litemedsam")
 
-
-def overlay(image01: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    rgb = np.repeat((image01 * 255).astype(np.uint8)[..., None], 3, axis=2) if image01.ndim == 2 else (image01 * 255).astype(np.uint8)
-    if mask is not None and mask.any():
-        rgb = rgb.copy()
-        rgb[mask] = (0.55 * rgb[mask] + 0.45 * np.array([255, 60, 60])).astype(np.uint8)
-    return rgb
+def optional_view(module: str) -> bool:
+    """RT review and worklist pages come from another part of the project; show them when present."""
+    return importlib.util.find_spec(module) is not None
 
 
 def main() -> None:
-    st.set_page_config(page_title="clinseg", layout="wide")
-    st.title("clinseg")
+    st.set_page_config(page_title="clinseg", page_icon=":material/neurology:", layout="wide")
+    ws = workstation()
+    from app.views.study import render_info, render_navigation, render_open
+
     with st.sidebar:
-        st.header("Study")
-        if st.button("Open demo study", key="open_demo"):
-            st.session_state["path"] = str(DEMO)
-        path = st.text_input("Path to DICOM folder/file, NIfTI, NRRD or image", key="path")
-    if not path:
-        st.info("Open the demo study or type a path in the sidebar.")
-        return
-    try:
-        vol = load_volume(path)
-    except ClinsegInputError as e:
-        st.error(f"Cannot open the study: {e}")
-        return
-    info = vol.describe()
-    st.caption(f"{info['modality']} · {info['shape_zyx'][2]}x{info['shape_zyx'][1]} px · {vol.num_slices} slices · spacing {info['spacing_xyz_mm']} mm")
-    z = st.slider("Slice", 0, vol.num_slices - 1, vol.num_slices // 2, key="slice") if vol.num_slices > 1 else 0
-    window = st.selectbox("Window", ["default", *WINDOWS], key="window")
-    session = SliceSession.open(vol, z, None if window == "default" else window)
-    h, w = session.image01.shape[:2]
-    c = st.columns(4)
-    x0 = c[0].number_input("x0", 0, w - 1, w // 4, key="x0")
-    y0 = c[1].number_input("y0", 0, h - 1, h // 4, key="y0")
-    x1 = c[2].number_input("x1", 0, w - 1, 3 * w // 4, key="x1")
-    y1 = c[3].number_input("y1", 0, h - 1, 3 * h // 4, key="y1")
-    mask = None
-    if st.button("Segment box", key="segment"):
-        try:
-            seg = segment(get_segmenter(), session, PromptSet.from_box(x0, y0, x1, y1))
-        except (ClinsegInputError, ModelWeightsError) as e:
-            st.error(str(e))
-        else:
-            mask = seg.mask
-            st.session_state["last_area_mm2"] = seg.area_px * vol.pixel_area_mm2
-            st.success(f"Area {seg.area_px * vol.pixel_area_mm2:.1f} mm² · predicted IoU {seg.predicted_iou:.2f}")
-    st.image(overlay(session.image01, mask), caption=f"slice {z}", width="stretch")
+        render_open(ws)
+        if ws.study is not None:
+            st.divider()
+            with guarded("update the view"):
+                render_navigation(ws)
+    st.title("clinseg")
+    if ws.study is None:
+        st.info("Open the demo study (sidebar) to start, or open your own DICOM folder/file, NIfTI, NRRD "
+                "or image by path or upload. Nothing leaves this computer.", icon=":material/info:")
+    names = ["Segment", "Clinical info", "Study", "Export"]
+    if optional_view("app.views.rt_review"):
+        names.insert(3, "Review (RT)")
+    if optional_view("app.views.worklist"):
+        names.insert(len(names) - 1, "Worklist")
+    tabs = dict(zip(names, st.tabs(names)))
+    with tabs["Segment"]:
+        if ws.study is not None:
+            from app.views.gaze_panel import render_gaze_panel
+            from app.views.segment import render_segment
+
+            render_segment(ws)
+            with st.expander("Gaze", expanded=False, icon=":material/visibility:"):
+                with guarded("run the gaze panel"):
+                    render_gaze_panel(ws)
+    with tabs["Clinical info"]:
+        from app.views.metadata_form import render_metadata_form
+
+        with guarded("read the clinical metadata"):
+            render_metadata_form(ws)
+    with tabs["Study"]:
+        if ws.study is not None:
+            render_info(ws)
+    if "Review (RT)" in tabs:
+        with tabs["Review (RT)"], guarded("show the RT review"):
+            from app.views import rt_review
+
+            rt_review.render(ws) if hasattr(rt_review, "render") else rt_review.main()
+    if "Worklist" in tabs:
+        with tabs["Worklist"], guarded("show the worklist"):
+            from app.views import worklist
+
+            worklist.render(ws) if hasattr(worklist, "render") else worklist.main()
+    with tabs["Export"]:
+        if ws.study is not None:
+            from app.views.export import render_export
+
+            with guarded("export"):
+                render_export(ws)
 
 
 main()
