@@ -85,8 +85,12 @@ def resolve_checkpoint(spec: BackendSpec, checkpoint: str | os.PathLike | None) 
 
 def build_segmenter(name: str = "litemedsam", checkpoint: str | os.PathLike | None = None,
                     cache: EmbeddingCache | None = None, preprocessing: Preprocessing | None = None,
-                    num_threads: int | None = None) -> SamSegmenter:
-    """Build a backend with its weights loaded strictly. Never downloads anything."""
+                    num_threads: int | None = None, runtime: str = "auto") -> SamSegmenter:
+    """Build a backend with its weights loaded strictly. Never downloads anything.
+
+    runtime: "torch" (PyTorch eager), "onnx" (ONNX Runtime; exports first if needed) or "auto"
+    (ONNX Runtime when a validated export exists, else PyTorch); see models/runtime.py. The active
+    runtime and the reason for it are in `segmenter.runtime_report`."""
     if name not in BACKENDS:
         raise ModelWeightsError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
     spec = BACKENDS[name]
@@ -104,4 +108,8 @@ def build_segmenter(name: str = "litemedsam", checkpoint: str | os.PathLike | No
     load_strict(sam, load_state_dict(path, name), name, path)
     sam.eval()
     pre = preprocessing or spec.preprocessing
-    return SamSegmenter(name, sam, pre, cache=cache, version=f"{name}:{pre.describe()}")
+    segmenter = SamSegmenter(name, sam, pre, cache=cache, version=f"{name}:{pre.describe()}")
+    from .runtime import attach_runtime
+
+    attach_runtime(segmenter, runtime, threads=num_threads)
+    return segmenter

@@ -41,6 +41,10 @@ class SamSegmenter:
         self.preprocessing = preprocessing
         self.cache = cache if cache is not None else EmbeddingCache()
         self.version = version or name  # identifies weights + preprocessing in results and stores
+        # Inference runtime (models/runtime.py): None = PyTorch eager on self.sam; the report says
+        # which runtime is active and why (set by models.runtime.attach_runtime).
+        self.runtime = None
+        self.runtime_report = None
 
     # -- encoder -----------------------------------------------------------------------------
     def transform_for(self, shape: tuple[int, int]) -> SliceTransform:
@@ -72,6 +76,8 @@ class SamSegmenter:
 
     @torch.inference_mode()
     def encode_tensor(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.runtime is not None:
+            return self.runtime.encode(batch)
         return self.sam.image_encoder(batch)
 
     def embed(self, image01: np.ndarray) -> ImageEmbedding:
@@ -137,6 +143,10 @@ class SamSegmenter:
         if points is None and boxes is None and masks is not None:
             raise InvalidPromptError("a previous mask alone is not a prompt; add a box, click or scribble.")
 
+        if self.runtime is not None:  # same prompts, same token selection as MaskDecoder.forward
+            low_res, iou = self.runtime.decode_all(embedding.features, points, boxes, masks)
+            keep = slice(1, None) if multimask else slice(0, 1)
+            return low_res[:, keep], iou[:, keep]
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
         low_res, iou = self.sam.mask_decoder(
             image_embeddings=embedding.features,

@@ -1,0 +1,224 @@
+"""Inference runtimes for a SAM-family segmenter: PyTorch eager (the reference) or ONNX Runtime.
+
+ONNX Runtime runs the LiteMedSAM encoder ~2x faster than PyTorch eager on a laptop CPU with the
+same outputs (max abs diff ~1e-6). It is used only after its export has been validated against
+PyTorch for the weights actually loaded; otherwise the segmenter stays on PyTorch and says why in
+`segmenter.runtime_report` (the app and `clinseg` show it), never silently.
+
+Both runtimes take prompts in segment_anything's PromptEncoder form (points=(coords, labels),
+boxes (B, 4), masks (B, 1, 256, 256), all in the model frame) and return the logits and IoU of
+ALL mask tokens, so token selection stays in SamSegmenter and is shared.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+
+from . import onnx_export as ox
+
+log = logging.getLogger("clinseg.runtime")
+
+RUNTIMES = ("auto", "torch", "onnx")
+# fp32 ONNX vs PyTorch differ by ~3e-6 on the embedding (|values| < 1) and ~1e-4 on logits; the
+# tolerances leave room for other CPUs' kernels yet catch a wrong graph (a perturbed export is ~1e-1).
+ENCODER_TOL = 1e-3
+DECODER_TOL = 1e-2
+
+
+class OnnxValidationError(RuntimeError):
+    """The ONNX export cannot be used for these weights (missing, corrupt or not equal to PyTorch)."""
+
+
+@dataclass
+class RuntimeReport:
+    requested: str  # auto | torch | onnx
+    active: str  # torch | onnx
+    reason: str  # one line a clinician-facing UI can show
+    export_dir: str | None = None
+    encoder_max_abs: float | None = None
+    decoder_max_abs: float | None = None
+    load_s: float = 0.0
+
+    @property
+    def fell_back(self) -> bool:
+        return self.requested == "onnx" and self.active != "onnx"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class TorchRuntime:
+    """PyTorch eager: the reference the ONNX graphs are validated against."""
+
+    name = "torch"
+
+    def __init__(self, sam: Sam):
+        self.sam = sam
+
+    @torch.inference_mode()
+    def encode(self, batch: torch.Tensor, run_options=None) -> torch.Tensor:
+        return self.sam.image_encoder(batch)
+
+    @torch.inference_mode()
+    def decode_all(self, features: torch.Tensor, points, boxes, masks):
+        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)
+        return self.sam.mask_decoder.predict_masks(
+            image_embeddings=features, image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    # intra-op = the cores we were given; inter-op parallelism only oversubscribes a laptop CPU.
+    so.intra_op_num_threads = int(threads or torch.get_num_threads())
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return so
+
+
+class OnnxRuntime:
+    """ONNX Runtime sessions for the encoder and the prompt encoder + mask decoder graphs."""
+
+    name = "onnx"
+
+    def __init__(self, folder: Path, sam: Sam, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        self.manifest = ox.ExportManifest.read(self.folder)
+        so = session_options(threads)
+        try:
+            self.encoder = ort.InferenceSession(str(self.folder / self.manifest.encoder), so, providers=["CPUExecutionProvider"])
+            self.decoder = ort.InferenceSession(str(self.folder / self.manifest.decoder), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own pybind exception types
+            raise OnnxValidationError(f"ONNX graph in {self.folder} does not load ({type(e).__name__}: {str(e)[:200]})") from e
+        self.fallback = TorchRuntime(sam)  # for the one prompt layout the graph cannot express
+        self.mask_side = tuple(sam.prompt_encoder.mask_input_size)
+
+    def encode(self, batch: torch.Tensor, run_options=None) -> torch.Tensor:
+        x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+        # The graph is exported for one slice: a batch runs slice by slice (no gain from batching
+        # on 2 threads, measured in bench/latency.py).
+        outs = [self.encoder.run(None, {"image": x[i : i + 1]}, run_options)[0] for i in range(x.shape[0])]
+        return torch.from_numpy(np.concatenate(outs) if len(outs) > 1 else outs[0])
+
+    def decode_all(self, features: torch.Tensor, points, boxes, masks):
+        if points is None and boxes is None:
+            return self.fallback.decode_all(features, points, boxes, masks)
+        b = int(boxes.shape[0]) if boxes is not None else int(points[0].shape[0])
+        parts_c, parts_l = [], []
+        if points is not None:
+            parts_c.append(points[0].numpy().astype(np.float32))
+            parts_l.append(points[1].numpy().astype(np.float32))
+        if boxes is not None:  # corners after the clicks, labels 2 / 3: PromptEncoder's own order
+            parts_c.append(boxes.numpy().astype(np.float32).reshape(b, 2, 2))
+            parts_l.append(np.tile(np.array([[2.0, 3.0]], np.float32), (b, 1)))
+        else:  # PromptEncoder pads click-only prompts with one "not a point"
+            parts_c.append(np.zeros((b, 1, 2), np.float32))
+            parts_l.append(-np.ones((b, 1), np.float32))
+        feeds = {
+            "image_embeddings": np.ascontiguousarray(features.detach().cpu().numpy(), dtype=np.float32),
+            "point_coords": np.ascontiguousarray(np.concatenate(parts_c, axis=1)),
+            "point_labels": np.ascontiguousarray(np.concatenate(parts_l, axis=1)),
+            "mask_input": (np.ascontiguousarray(masks.numpy(), dtype=np.float32) if masks is not None
+                           else np.zeros((b, 1, *self.mask_side), np.float32)),
+            "has_mask_input": np.array([1.0 if masks is not None else 0.0], np.float32),
+        }
+        low_res, iou = self.decoder.run(None, feeds)
+        return torch.from_numpy(low_res), torch.from_numpy(iou)
+
+
+def probe_decode_inputs(segmenter):
+    """(points, boxes, masks) of the probe's box prompt, in the model frame."""
+    t = segmenter.transform_for((segmenter.preprocessing.input_size,) * 2)
+    boxes = torch.from_numpy(t.box_to_model(np.array(ox.PROBE_BOX, np.float32)))
+    return None, boxes, None
+
+
+def validate_onnx(rt: OnnxRuntime, segmenter) -> tuple[float, float]:
+    """Max abs differences (encoder, decoder) of the ONNX graphs vs PyTorch for the LOADED weights.
+
+    Encoder: vs PyTorch's embedding of the probe stored at export time, after checking that the
+    export was made from exactly these weights (fingerprint); re-running the PyTorch encoder here
+    would add ~1.4 s to every start. Decoder: vs the live PyTorch decoder (milliseconds)."""
+    m = rt.manifest
+    fp = ox.weights_fingerprint(segmenter.sam)
+    if m.fingerprint != fp:
+        raise OnnxValidationError(f"export was made from other weights (fingerprint {m.fingerprint[:12]} != {fp[:12]})")
+    if m.backend != segmenter.version:
+        raise OnnxValidationError(f"export is for {m.backend}, segmenter is {segmenter.version}")
+    ref = np.load(rt.folder / ox.PROBE_FILE)
+    x = segmenter.model_input(ox.probe_image(segmenter.preprocessing.input_size))
+    emb = rt.encode(x)
+    if tuple(emb.shape) != tuple(ref["embedding"].shape):
+        raise OnnxValidationError(f"encoder output shape {tuple(emb.shape)} != PyTorch {ref['embedding'].shape}")
+    enc_diff = float(np.abs(emb.numpy() - ref["embedding"]).max())
+    if not np.isfinite(enc_diff) or enc_diff > ENCODER_TOL:
+        raise OnnxValidationError(f"encoder differs from PyTorch by {enc_diff:.3g} (> {ENCODER_TOL:g})")
+    features = torch.from_numpy(ref["embedding"])
+    inputs = probe_decode_inputs(segmenter)
+    want, want_iou = TorchRuntime(segmenter.sam).decode_all(features, *inputs)
+    got, got_iou = rt.decode_all(features, *inputs)
+    dec_diff = float(max(np.abs(got.numpy() - want.numpy()).max(), np.abs(got_iou.numpy() - want_iou.numpy()).max()))
+    if not np.isfinite(dec_diff) or dec_diff > DECODER_TOL:
+        raise OnnxValidationError(f"decoder differs from PyTorch by {dec_diff:.3g} (> {DECODER_TOL:g})")
+    return enc_diff, dec_diff
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def attach_runtime(segmenter, requested: str = "auto", export_root=None, threads: int | None = None) -> RuntimeReport:
+    """Choose the segmenter's runtime and record the choice in `segmenter.runtime_report`.
+
+    torch: PyTorch eager. onnx: ONNX Runtime, exporting first if no export exists for these
+    weights. auto (default): ONNX Runtime when it is installed and a validated export exists, else
+    PyTorch. Whenever ONNX was wanted but cannot be used, the segmenter runs on PyTorch and the
+    report (and a log warning) says why."""
+    if requested not in RUNTIMES:
+        raise ValueError(f"unknown runtime {requested!r}; choose one of {', '.join(RUNTIMES)}")
+    t0 = time.perf_counter()
+    segmenter.runtime = None
+
+    def done(active: str, reason: str, **kw) -> RuntimeReport:
+        rep = RuntimeReport(requested, active, reason, load_s=round(time.perf_counter() - t0, 3), **kw)
+        segmenter.runtime_report = rep
+        if active == "torch" and requested != "torch":
+            (log.warning if requested == "onnx" else log.info)("runtime: PyTorch (%s)", reason)
+        return rep
+
+    if requested == "torch":
+        return done("torch", "PyTorch requested")
+    if not onnxruntime_available():
+        return done("torch", "onnxruntime is not installed")
+    folder = ox.export_folder(segmenter.version, ox.weights_fingerprint(segmenter.sam), export_root)
+    if not (folder / ox.MANIFEST).is_file():
+        if requested == "auto":
+            return done("torch", "no ONNX export for these weights yet; run `clinseg export-onnx` for ~2x faster encoding")
+        try:
+            folder = ox.export_onnx(segmenter, export_root)
+        except Exception as e:  # the exporter fails in many library-specific ways; all mean "use PyTorch"
+            return done("torch", f"ONNX export failed ({type(e).__name__}: {str(e)[:160]})")
+    try:
+        rt = OnnxRuntime(folder, segmenter.sam, threads)
+        enc_diff, dec_diff = validate_onnx(rt, segmenter)
+    except Exception as e:  # corrupt files surface as zip/protobuf/pybind errors: every one means "use PyTorch"
+        return done("torch", f"ONNX export in {folder} failed validation: {e}", export_dir=str(folder))
+    segmenter.runtime = rt
+    return done("onnx", f"ONNX Runtime, validated against PyTorch (max abs diff encoder {enc_diff:.1e}, decoder {dec_diff:.1e})",
+                export_dir=str(folder), encoder_max_abs=enc_diff, decoder_max_abs=dec_diff)
