@@ -79,13 +79,12 @@ def test_regenerate_accept_and_report(phantom, segmenter, tmp_path):
                        test_label="auto")
     cmp_ = rv.compare()
     assert cmp_.flagged() == ["Organ"]
-    regen = rv.regenerate("Organ", segmenter, source="reference", slices=[0, 2])
+    regen = rv.regenerate("Organ", segmenter, source="reference", slices=[2])  # one encoder run
     new = rv.regenerated["Organ"]
-    assert np.array_equal(new[1], organ[1])  # slices not asked for keep the source contour
-    for z in (0, 2):
-        assert dice(new[z], organ[z]) > 0.85, z  # LiteMedSAM from the contour's box finds the organ
-        assert dice(new[z], organ[z]) > dice(test["Organ"][z], organ[z])
-    assert set(rv.regeneration_quality["Organ"]) == {0, 2}
+    assert np.array_equal(new[:2], organ[:2])  # slices not asked for keep the source contour
+    assert dice(new[2], organ[2]) > 0.85  # LiteMedSAM from the contour's box finds the organ
+    assert dice(new[2], organ[2]) > dice(test["Organ"][2], organ[2])
+    assert set(rv.regeneration_quality["Organ"]) == {2}
     assert regen.metrics.dice > cmp_.reviews["Organ"].metrics.dice
     rv.accept("Organ", "regenerated", actor="planner1")
     rv.accept("Pair", "test", actor="planner1")

@@ -5,7 +5,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from _rt_series import asymmetric_masks, write_ct_series
+from tests._rt_series import asymmetric_masks, write_ct_series
 from integrations.dicom_seg import DicomSegError, read_seg, write_seg
 from integrations.loaders import load_volume
 

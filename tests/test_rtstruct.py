@@ -5,7 +5,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from _rt_series import asymmetric_masks, write_ct_series
+from tests._rt_series import asymmetric_masks, write_ct_series
 from integrations.loaders import load_volume
 from integrations.metrics import dice
 from integrations.rtstruct import RTStructError, fill_polygons, mask_to_polygons, read_rtstruct, write_rtstruct
@@ -202,3 +202,25 @@ def test_real_breast_case():
     assert dice(body, img > -400) > 0.9 > dice(body[:, ::-1], img > -400)  # ... on the right side
     missing = rs.missing_by_roi()
     assert missing["Lt Lung"] > 100 and "Areola" not in missing  # the other 97 slices have no image
+
+
+def test_cli_rt_compare(series, tmp_path, capsys):
+    import json
+
+    from app.cli import main
+
+    folder, vol = series
+    masks = asymmetric_masks(vol.shape)
+    edited = dict(masks)
+    edited["F-shape"] = np.roll(masks["F-shape"], 3, axis=2)
+    write_rtstruct(tmp_path / "a.dcm", vol, masks)
+    write_rtstruct(tmp_path / "b.dcm", vol, edited)
+    rc = main(["rt-compare", str(tmp_path / "a.dcm"), str(tmp_path / "b.dcm"), "--series", str(folder),
+               "--out", str(tmp_path / "rep"), "--json"])
+    assert rc == 0
+    rows = {r["structure"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["Ring"]["dice"] == 1.0 and not rows["Ring"]["flagged"]
+    assert rows["F-shape"]["flagged"] and rows["F-shape"]["dice"] < 0.8
+    assert (tmp_path / "rep" / "report.html").stat().st_size > 1000
+    assert main(["rt-compare", str(tmp_path / "a.dcm"), str(folder / "ct000.dcm"), "--series", str(folder),
+                 "--out", str(tmp_path / "rep2")]) == 2  # an image is not an RTSTRUCT

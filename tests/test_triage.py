@@ -171,3 +171,30 @@ def test_killed_writer_leaves_database_consistent(tmp_path):
     st.upsert_finding("6.1", "heart", "m1", volume_ml=600.0, size_mm=100.0)  # the lock was released
     assert time.time() - t0 < 5 and len(st.get("6.1").findings) == 2
     assert set(STATUSES) >= {s.status for s in st.list_studies()}
+
+
+def test_cli_add_list_export(tmp_path, capsys):
+    import csv
+    import json
+
+    from app.cli import main
+
+    db = str(tmp_path / "cli.db")
+    assert main(["triage", "--db", db, "add", "7.1", "--label", "ACC7", "--urgency", "urgent",
+                 "--finding", "tumour:12.5:41:0.62", "--model-version", "litemedsam-1", "--actor", "ana"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "needs review" and "urgent referral" in out["why"]
+    assert main(["triage", "--db", db, "add", "7.2", "--urgency", "routine"]) == 0
+    assert main(["triage", "--db", db, "assign", "7.1", "bob", "--actor", "ana"]) == 0
+    capsys.readouterr()
+    assert main(["triage", "--db", db, "list", "--formula"]) == 0
+    text = capsys.readouterr().out
+    assert text.index("7.1") < text.index("7.2") and "priority = 40 x urgency" in text
+    assert main(["triage", "--db", db, "export", str(tmp_path / "wl.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "wl.csv")))
+    assert [r["study_uid"] for r in rows] == ["7.1", "7.2"] and rows[0]["assigned_to"] == "bob"
+    assert main(["triage", "--db", db, "add", "7.3", "--finding", "bad"]) == 2  # readable input error
+    assert "TARGET:VOLUME_ML" in capsys.readouterr().err
+    assert main(["triage", "--db", db, "assign", "9.9", "bob"]) == 2
+    assert main(["triage", "--db", db, "audit", "7.1"]) == 0
+    assert "assign" in capsys.readouterr().out
