@@ -1,0 +1,228 @@
+"""Scene camera -> screen -> image pixels, through AprilTag markers shown around the displayed image.
+
+The eye tracker reports gaze in its scene camera's pixels (Neon: 1600 x 1200). The app draws >= 4
+AprilTag tag36h11 markers around the image viewer; in each scene frame we find them (OpenCV's aruco
+module, DICT_APRILTAG_36h11), fit the homography scene -> screen from their corners, and map gaze
+through it. Then the viewer's geometry (where the image sits on screen, zoom, pan) takes screen
+pixels to slice pixels. Gaze off the viewer or off the image maps to None: it is dropped, not clamped.
+
+Screen coordinates are the app's own logical pixels, origin at the top-left of the area that holds
+the markers and the viewer (the same frame `marker_layout` and `render_marker_board` use).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .errors import ClinsegInputError
+
+TAG_FAMILY = cv2.aruco.DICT_APRILTAG_36h11
+
+
+class ScreenNotFoundError(ClinsegInputError):
+    """Too few markers visible in a scene frame to know where the screen is."""
+
+
+@dataclass(frozen=True)
+class Rect:
+    x: float
+    y: float
+    w: float
+    h: float
+
+    def contains(self, sx: float, sy: float) -> bool:
+        return self.x <= sx < self.x + self.w and self.y <= sy < self.y + self.h
+
+
+@dataclass(frozen=True)
+class MarkerPlacement:
+    tag_id: int
+    corners: np.ndarray = field(compare=False)  # (4, 2) screen px: TL, TR, BR, BL of the black square
+
+
+@dataclass(frozen=True)
+class MarkerLayout:
+    """Where the app draws its markers, in screen px."""
+
+    placements: tuple[MarkerPlacement, ...]
+    size_px: int
+    canvas: tuple[int, int]  # (width, height) of the area holding markers + viewer
+
+    def corners_for(self, tag_id: int) -> np.ndarray | None:
+        for p in self.placements:
+            if p.tag_id == tag_id:
+                return p.corners
+        return None
+
+
+def marker_layout(viewer: Rect, size_px: int = 96, margin_px: int = 24, ids: tuple[int, ...] = (0, 1, 2, 3, 4, 5),
+                  ) -> MarkerLayout:
+    """Markers around the viewer: four at its corners, two more at mid-height (left, right) when six
+    ids are given. The canvas grows to hold them; the viewer keeps its own coordinates."""
+    if len(ids) < 4:
+        raise ValueError("screen mapping needs at least 4 markers around the image")
+    s, m = size_px, margin_px
+    x0, y0 = viewer.x - m - s, viewer.y - m - s  # top-left marker's top-left corner
+    x1, y1 = viewer.x + viewer.w + m, viewer.y + viewer.h + m
+    spots = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, viewer.y + viewer.h / 2 - s / 2), (x1, viewer.y + viewer.h / 2 - s / 2)]
+    placements = []
+    for tag_id, (px, py) in zip(ids, spots):
+        c = np.array([[px, py], [px + s, py], [px + s, py + s], [px, py + s]], dtype=np.float64)
+        placements.append(MarkerPlacement(int(tag_id), c))
+    if min(x0, y0) < 0:
+        raise ValueError(f"the viewer at ({viewer.x}, {viewer.y}) leaves no room for {s} px markers with {m} px margin")
+    canvas = (int(np.ceil(x1 + s + m)), int(np.ceil(y1 + s + m)))
+    return MarkerLayout(tuple(placements), s, canvas)
+
+
+def render_marker(tag_id: int, size_px: int = 96) -> np.ndarray:
+    """One tag36h11 marker as a uint8 image of size_px x size_px (black square edge to edge: put it on
+    white, with a white quiet zone of at least one cell, for detection)."""
+    d = cv2.aruco.getPredefinedDictionary(TAG_FAMILY)
+    return cv2.aruco.generateImageMarker(d, int(tag_id), int(size_px), borderBits=1)
+
+
+def render_marker_board(layout: MarkerLayout, background: int = 255) -> np.ndarray:
+    """The canvas with all markers drawn (uint8, H x W): the app overlays the viewer on it."""
+    w, h = layout.canvas
+    board = np.full((h, w), background, np.uint8)
+    for p in layout.placements:
+        x, y = int(round(p.corners[0, 0])), int(round(p.corners[0, 1]))
+        board[y:y + layout.size_px, x:x + layout.size_px] = render_marker(p.tag_id, layout.size_px)
+    return board
+
+
+@dataclass(frozen=True)
+class ImageViewer:
+    """How the slice is shown: the viewer's rectangle on screen, zoom and pan.
+
+    zoom: screen px per image px. pan: the image pixel (x, y) shown at the viewer's top-left corner.
+    """
+
+    rect: Rect
+    image_shape: tuple[int, int]  # (H, W) of the slice
+    zoom: float = 1.0
+    pan: tuple[float, float] = (0.0, 0.0)
+
+    def screen_to_image(self, sx: float, sy: float) -> tuple[float, float] | None:
+        if not self.rect.contains(sx, sy):
+            return None
+        # a screen pixel covers [k, k+1); its centre is k + 0.5; image pixel centres are integers
+        ix = self.pan[0] + (sx - self.rect.x) / self.zoom - 0.5
+        iy = self.pan[1] + (sy - self.rect.y) / self.zoom - 0.5
+        h, w = self.image_shape
+        if not (-0.5 <= ix <= w - 0.5 and -0.5 <= iy <= h - 0.5):
+            return None
+        return float(min(max(ix, 0.0), w - 1.0)), float(min(max(iy, 0.0), h - 1.0))
+
+    def image_to_screen(self, ix: float, iy: float) -> tuple[float, float]:
+        return (self.rect.x + (ix + 0.5 - self.pan[0]) * self.zoom, self.rect.y + (iy + 0.5 - self.pan[1]) * self.zoom)
+
+    @staticmethod
+    def fit(rect: Rect, image_shape: tuple[int, int]) -> "ImageViewer":
+        """The whole slice, aspect kept, centred in the viewer."""
+        h, w = image_shape
+        z = min(rect.w / w, rect.h / h)
+        pan = (-(rect.w / z - w) / 2, -(rect.h / z - h) / 2)
+        return ImageViewer(rect, (h, w), z, pan)
+
+
+@dataclass(frozen=True)
+class ScreenHomography:
+    matrix: np.ndarray  # 3x3, scene px -> screen px
+    markers: tuple[int, ...]  # ids used
+    reprojection_px: float  # RMS error of the marker corners, screen px
+
+    def scene_to_screen(self, x: float, y: float) -> tuple[float, float]:
+        p = self.matrix @ np.array([x, y, 1.0])
+        return float(p[0] / p[2]), float(p[1] / p[2])
+
+
+def _detector() -> cv2.aruco.ArucoDetector:
+    params = cv2.aruco.DetectorParameters()
+    # subpixel corners: the homography is only as good as its corners
+    params.cornerRefinementMethod = cv2.aruco.CORNER_REFINE_SUBPIX
+    return cv2.aruco.ArucoDetector(cv2.aruco.getPredefinedDictionary(TAG_FAMILY), params)
+
+
+def detect_markers(frame: np.ndarray) -> dict[int, np.ndarray]:
+    """tag id -> (4, 2) corners in frame px (TL, TR, BR, BL as drawn)."""
+    img = np.asarray(frame)
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY if img.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+    if img.dtype != np.uint8:
+        img = cv2.normalize(img.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    corners, ids, _ = _detector().detectMarkers(img)
+    if ids is None:
+        return {}
+    return {int(i): c.reshape(4, 2).astype(np.float64) for i, c in zip(ids.ravel(), corners)}
+
+
+def screen_homography(frame: np.ndarray, layout: MarkerLayout, min_markers: int = 2) -> ScreenHomography:
+    """Homography scene frame -> screen from the layout's markers found in the frame.
+
+    Raises ScreenNotFoundError when fewer than min_markers of the layout's markers are visible.
+    """
+    found = detect_markers(frame)
+    ids = sorted(i for i in found if layout.corners_for(i) is not None)
+    if len(ids) < min_markers:
+        raise ScreenNotFoundError(
+            f"only {len(ids)} of the {len(layout.placements)} screen markers are visible to the scene camera "
+            f"(need {min_markers}): face the screen, keep the markers uncovered, or enlarge them.")
+    src = np.concatenate([found[i] for i in ids])
+    dst = np.concatenate([layout.corners_for(i) for i in ids])
+    method = cv2.RANSAC if len(ids) >= 3 else 0
+    H, _ = cv2.findHomography(src, dst, method, 3.0)
+    if H is None:
+        raise ScreenNotFoundError("the visible markers do not give a consistent screen plane; check the view.")
+    proj = cv2.perspectiveTransform(src.reshape(-1, 1, 2), H).reshape(-1, 2)
+    rms = float(np.sqrt(np.mean(np.sum((proj - dst) ** 2, axis=1))))
+    return ScreenHomography(H, tuple(ids), rms)
+
+
+def gaze_to_image(gaze_xy: tuple[float, float], homography: ScreenHomography,
+                  viewer: ImageViewer) -> tuple[float, float] | None:
+    """Scene-camera gaze -> slice pixel, or None when the gaze is off the viewer or off the image."""
+    sx, sy = homography.scene_to_screen(*gaze_xy)
+    if not (np.isfinite(sx) and np.isfinite(sy)):
+        return None
+    return viewer.screen_to_image(sx, sy)
+
+
+@dataclass
+class GazeMapper:
+    """Keeps the latest homography (updated per scene frame) and maps gaze samples between frames.
+
+    A homography older than max_age_s is not trusted (the head moved; the screen moved in view):
+    gaze maps to None until a new frame shows the markers again.
+    """
+
+    layout: MarkerLayout
+    viewer: ImageViewer
+    max_age_s: float = 0.5
+    min_markers: int = 2
+    homography: ScreenHomography | None = None
+    homography_t: float = float("-inf")
+    last_error: str = ""
+
+    def update_frame(self, frame: np.ndarray, t: float) -> bool:
+        try:
+            self.homography = screen_homography(frame, self.layout, self.min_markers)
+            self.homography_t = t
+            self.last_error = ""
+            return True
+        except ScreenNotFoundError as e:
+            self.last_error = str(e)
+            return False
+
+    def map(self, x: float, y: float, t: float) -> tuple[float, float] | None:
+        if self.homography is None or abs(t - self.homography_t) > self.max_age_s:
+            return None
+        return gaze_to_image((x, y), self.homography, self.viewer)
+
+    def with_viewer(self, viewer: ImageViewer) -> "GazeMapper":
+        """The user zoomed or panned: same markers, new viewer geometry."""
+        self.viewer = viewer
+        return self
