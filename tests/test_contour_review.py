@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +109,47 @@ def test_regenerate_accept_and_report(phantom, segmenter, tmp_path):
     assert len(imgs) >= 2
     assert base64.b64decode(imgs[0])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "clinical" in page and "HD95" in page
+
+
+def test_rt_review_page_headless(tmp_path):
+    """The Streamlit page loads two RTSTRUCTs, shows the table and side-by-side image, accepts a structure."""
+    from streamlit.testing.v1 import AppTest
+
+    from integrations.loaders import load_volume
+    from integrations.rtstruct import write_rtstruct
+    from tests._rt_series import asymmetric_masks, write_ct_series
+
+    folder = write_ct_series(tmp_path / "series")
+    vol = load_volume(folder)
+    masks = asymmetric_masks(vol.shape)
+    moved = dict(masks, **{"F-shape": np.roll(masks["F-shape"], 4, axis=2)})
+    write_rtstruct(tmp_path / "a.dcm", vol, masks)
+    write_rtstruct(tmp_path / "b.dcm", vol, moved)
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from types import SimpleNamespace
+import streamlit as st
+from integrations.loaders import load_volume
+from app.views import rt_review
+if "ws" not in st.session_state:
+    st.session_state["ws"] = SimpleNamespace(study=SimpleNamespace(volume=load_volume({str(folder)!r})), objects=())
+rt_review.render(st.session_state["ws"])
+"""
+    at = AppTest.from_string(script, default_timeout=120)
+    at.session_state["rt_path_a"] = str(tmp_path / "a.dcm")
+    at.session_state["rt_path_b"] = str(tmp_path / "b.dcm")
+    at.run()
+    assert not at.exception
+    at.button(key="rt_load").click().run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert set(table["structure"]) == {"F-shape", "Ring", "Edge"}
+    assert bool(table.set_index("structure").loc["F-shape", "flagged"]) is True
+    assert at.selectbox(key="rt_structure").value == "F-shape"  # the first flagged one is shown
+    assert len(at.get("image")) >= 1  # the side-by-side contours
+    at.text_input(key="rt_actor").set_value("planner1").run()
+    at.button(key="rt_accept").click().run()
+    assert not at.exception
+    rv = at.session_state["rt_review"]["review"]
+    assert rv.decisions["F-shape"].choice == "reference" and rv.decisions["F-shape"].actor == "planner1"

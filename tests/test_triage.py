@@ -198,3 +198,36 @@ def test_cli_add_list_export(tmp_path, capsys):
     assert main(["triage", "--db", db, "assign", "9.9", "bob"]) == 2
     assert main(["triage", "--db", db, "audit", "7.1"]) == 0
     assert "assign" in capsys.readouterr().out
+
+
+def test_worklist_page_headless(tmp_path):
+    """The Streamlit worklist: table sorted by priority, assign through the page, audit shows it."""
+    from streamlit.testing.v1 import AppTest
+
+    db = tmp_path / "page.db"
+    st_ = TriageStore(db)
+    st_.add_study("8.1", label="LOW", urgency="routine")
+    st_.add_study("8.2", label="HIGH", urgency="emergency", history="collapse")
+    st_.upsert_finding("8.2", "bleed", "m1", volume_ml=30.0, size_mm=45.0, uncertainty=0.7)
+    script = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+import streamlit as st
+from app.views import worklist
+st.session_state.setdefault("worklist_db", {str(db)!r})
+worklist.render(None)
+"""
+    at = AppTest.from_string(script, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table["label"]) == ["HIGH", "LOW"]
+    assert at.selectbox(key="wl_pick").value == "8.2"
+    at.text_input(key="wl_actor").set_value("ana").run()
+    at.text_input(key="wl_assign_8.2").set_value("dr_b")
+    at.button(key="wl_assign_btn").click().run()
+    assert not at.exception, at.exception
+    assert st_.get("8.2").assigned_to == "dr_b"
+    assert st_.audit("8.2")[-1].actor == "ana" and st_.audit("8.2")[-1].action == "assign"
+    at.multiselect(key="wl_status").set_value(["new"]).run()
+    assert list(at.dataframe[0].value["label"]) == ["LOW"]
