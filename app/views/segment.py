@@ -23,9 +23,9 @@ def flash(ws: Workstation, level: str, text: str) -> None:
 
 
 def show_messages(ws: Workstation) -> None:
+    """Messages of the last action; they stay until the next one (components rerun the page on their own)."""
     for level, text in ws.messages:
         getattr(st, level)(text)
-    ws.messages.clear()
 
 
 def display_image(ws: Workstation):
@@ -43,6 +43,7 @@ def display_image(ws: Workstation):
 
 def after_prompt(ws: Workstation, result) -> None:
     vol = ws.study.volume
+    ws.messages.clear()
     area = result.area_px * vol.pixel_area_mm2
     if result.area_px == 0:
         flash(ws, "warning", "The model found nothing for this prompt. Draw a box around the structure, "
@@ -104,14 +105,17 @@ def render_objects(ws: Workstation) -> None:
     new_label = c1.text_input("New object label", key="new_label", placeholder="e.g. left hippocampus",
                               label_visibility="collapsed")
     if c2.button("New", key="new_object", icon=":material/add:", help="Start another labelled object"):
+        ws.messages.clear()
         add_object(ws, new_label)
         ws.canvas_nonce += 1
         st.rerun()
     if c3.button("Undo", key="undo", shortcut="Ctrl+Z", icon=":material/undo:"):
+        ws.messages.clear()
         undo(ws)
         ws.canvas_nonce += 1
         st.rerun()
     if st.button("Redo", key="redo", shortcut="Ctrl+Y", icon=":material/redo:", disabled=not ws.redo_stack):
+        ws.messages.clear()
         redo(ws)
         ws.canvas_nonce += 1
         st.rerun()
@@ -147,6 +151,7 @@ def render_objects(ws: Workstation) -> None:
                 set_status(ws, o.oid, Status.REJECTED)
                 st.rerun()
             if b[2].button("Delete", key=f"delete-{o.oid}", icon=":material/delete:"):
+                ws.messages.clear()
                 delete_object(ws, o.oid)
                 ws.canvas_nonce += 1
                 st.rerun()
@@ -180,4 +185,4 @@ def render_segment(ws: Workstation) -> None:
                 render_gaze_view(ws, shown, vp)
             else:
                 render_canvas(ws, tool, shown, vp)
-            st.caption(f"Slice {ws.slice_index + 1}/{ws.study.volume.num_slices} · window {ws.window} · zoom {ws.zoom:g}x")
+            st.caption(f"{ws.study.title} · slice {ws.slice_index + 1}/{ws.study.volume.num_slices} · window {ws.window} · zoom {ws.zoom:g}x")
