@@ -68,20 +68,41 @@ class RTStructSet:
 
 # ----------------------------------------------------------------------------------------- reading
 def fill_polygons(polys_xy: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """Even-odd fill of closed polygons given in (x=column, y=row) pixel-index coordinates.
+    """Even-odd fill of closed polygons given in (x=column, y=row) pixel-index coordinates: a pixel
+    is set when its centre lies inside an odd number of polygons (holes and islands follow).
 
-    XOR of per-polygon centre-inside fills equals the even-odd rule over all of them together."""
-    from skimage.draw import polygon as _poly
-
-    out = np.zeros(shape, bool)
-    for p in polys_xy:
-        if len(p) < 3:
-            continue
-        rr, cc = _poly(p[:, 1], p[:, 0], shape)
-        layer = np.zeros(shape, bool)
-        layer[rr, cc] = True
-        out ^= layer
-    return out
+    Scanline: every edge is crossed by the pixel-centre rows r with min(y) <= r < max(y) (half-open,
+    so a vertex on a row is counted once); on each row the sorted crossings pair up (in, out) and
+    the pixels with in <= column < out are filled. Vectorised over all edges of all polygons; a
+    centre exactly on a left edge counts as inside, on a right edge as outside."""
+    h, w = shape
+    out = np.zeros((h, w + 1), np.int32)
+    segs = [np.asarray(p, float).reshape(-1, 2) for p in polys_xy if len(p) >= 3]
+    if not segs:
+        return out[:, :w] > 0
+    p0 = np.concatenate(segs)
+    p1 = np.concatenate([np.roll(q, -1, axis=0) for q in segs])
+    x1, y1, x2, y2 = p0[:, 0], p0[:, 1], p1[:, 0], p1[:, 1]
+    keep = y1 != y2
+    x1, y1, x2, y2 = x1[keep], y1[keep], x2[keep], y2[keep]
+    r0 = np.ceil(np.minimum(y1, y2)).astype(np.int64)
+    r1 = np.ceil(np.maximum(y1, y2)).astype(np.int64)  # exclusive
+    n = np.maximum(r1 - r0, 0)
+    if n.sum() == 0:
+        return out[:, :w] > 0
+    e = np.repeat(np.arange(len(n)), n)
+    rows = r0[e] + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
+    xs = x1[e] + (rows - y1[e]) * (x2[e] - x1[e]) / (y2[e] - y1[e])
+    inside = (rows >= 0) & (rows < h)  # whole rows are dropped, so every row keeps an even count
+    rows, xs = rows[inside], xs[inside]
+    order = np.lexsort((xs, rows))
+    rows, xs = rows[order], xs[order]
+    ra, xa, xb = rows[0::2], xs[0::2], xs[1::2]
+    c0 = np.clip(np.ceil(xa), 0, w).astype(np.int64)
+    c1 = np.clip(np.ceil(xb), 0, w).astype(np.int64)
+    np.add.at(out, (ra, c0), 1)
+    np.add.at(out, (ra, c1), -1)
+    return np.cumsum(out, axis=1)[:, :w] > 0
 
 
 def _read_dataset(path) -> "pydicom.Dataset":  # noqa: F821
@@ -110,6 +131,26 @@ def _referenced_series(ds) -> tuple[str, str]:
             for se in getattr(st, "RTReferencedSeriesSequence", []) or []:
                 return str(getattr(se, "SeriesInstanceUID", "")), str(getattr(fr, "FrameOfReferenceUID", ""))
     return "", ""
+
+
+def _contour_data(c) -> np.ndarray:
+    """ContourData as floats. Parsed straight from the raw bytes when possible: pydicom's per-value
+    DS objects make a large structure set take seconds instead of milliseconds."""
+    from pydicom.dataelem import RawDataElement
+
+    tag = 0x30060050
+    if tag not in c:
+        return np.zeros(0)
+    elem = c.get_item(tag)
+    if isinstance(elem, RawDataElement) and isinstance(elem.value, (bytes, bytearray)):
+        raw = bytes(elem.value).strip(b" \x00")
+        if not raw:
+            return np.zeros(0)
+        try:
+            return np.array([float(x) for x in raw.split(b"\\")], dtype=float)
+        except ValueError:
+            pass  # something unusual: let pydicom decode it
+    return np.asarray(c.ContourData, dtype=float)
 
 
 def read_rtstruct(path, volume: Volume, names: list[str] | None = None,
@@ -154,7 +195,7 @@ def read_rtstruct(path, volume: Volume, names: list[str] | None = None,
         placed = 0
         for c in getattr(rc, "ContourSequence", []) or []:
             kind = str(getattr(c, "ContourGeometricType", "CLOSED_PLANAR"))
-            data = np.asarray(getattr(c, "ContourData", []), dtype=float)
+            data = _contour_data(c)
             if data.size < 3 or data.size % 3:
                 out.warnings.append(f"{name}: a contour with malformed ContourData was skipped")
                 continue
@@ -195,10 +236,16 @@ def mask_to_polygons(mask2d: np.ndarray) -> list[np.ndarray]:
     centres (marching squares). Even-odd filling them at pixel centres returns `mask2d` exactly."""
     from skimage.measure import find_contours
 
-    m = np.pad(np.asarray(mask2d, bool), 1).astype(np.float32)  # pad so every contour closes
+    m = np.asarray(mask2d, bool)
+    if not m.any():
+        return []
+    rows, cols = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
+    y0, x0 = int(rows[0]), int(cols[0])
+    # crop to the contour's bounding box (much less to trace), pad so every contour closes
+    sub = np.pad(m[y0:int(rows[-1]) + 1, x0:int(cols[-1]) + 1], 1).astype(np.float32)
     polys = []
-    for c in find_contours(m, 0.5, fully_connected="high"):
-        xy = c[:, ::-1] - 1.0  # (row, col) -> (x, y), undo the pad
+    for c in find_contours(sub, 0.5, fully_connected="high"):
+        xy = c[:, ::-1] - 1.0 + (x0, y0)  # (row, col) -> (x, y), undo the pad and the crop
         if len(xy) > 1 and np.allclose(xy[0], xy[-1]):
             xy = xy[:-1]  # DICOM closes CLOSED_PLANAR contours implicitly
         xy = _drop_collinear(xy)
@@ -251,6 +298,21 @@ def _fmt(v: float) -> str:
     return s if len(s) <= 16 else f"{v:.8g}"
 
 
+_CONTOUR_DATA = 0x30060050
+
+
+def _raw_ds(tag: int, values: np.ndarray):
+    """A DS element as raw bytes: building one pydicom DS object per coordinate (with validation)
+    costs more than all the geometry; the text is the same."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    txt = "\\".join(_fmt(float(v)) for v in values).encode("ascii")
+    if len(txt) % 2:
+        txt += b" "  # DICOM values have even length
+    return RawDataElement(Tag(tag), "DS", len(txt), txt, 0, False, True)
+
+
 def _contour_sequence(volume: Volume, mask: np.ndarray) -> list:
     from pydicom.dataset import Dataset
 
@@ -264,7 +326,9 @@ def _contour_sequence(volume: Volume, mask: np.ndarray) -> list:
             c.ContourImageSequence = [_contour_image_item(ref.sop_class_uid, ref.sop_instance_uids[z])]
             c.ContourGeometricType = "CLOSED_PLANAR"
             c.NumberOfContourPoints = len(lps)
-            c.ContourData = [_fmt(v) for v in lps.ravel()]
+            c[_CONTOUR_DATA] = _raw_ds(_CONTOUR_DATA, lps.ravel())
+            # the item's encoding matches the file's, so pydicom writes the raw bytes as they are
+            c.set_original_encoding(False, True, "ISO_IR 192")
             items.append(c)
     return items
 

@@ -224,3 +224,25 @@ def test_cli_rt_compare(series, tmp_path, capsys):
     assert (tmp_path / "rep" / "report.html").stat().st_size > 1000
     assert main(["rt-compare", str(tmp_path / "a.dcm"), str(folder / "ct000.dcm"), "--series", str(folder),
                  "--out", str(tmp_path / "rep2")]) == 2  # an image is not an RTSTRUCT
+
+
+def test_scanline_fill_matches_skimage_on_random_polygons():
+    """A second rasteriser (skimage.draw.polygon, point-in-polygon at pixel centres) agrees with the
+    vectorised even-odd scanline on random star polygons whose vertices avoid pixel centres."""
+    from skimage.draw import polygon
+
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        k = rng.integers(3, 25)
+        ang = np.sort(rng.uniform(0, 2 * np.pi, k))
+        rad = rng.uniform(3, 25, k)
+        cx, cy = rng.uniform(-5, 45, 2)  # some polygons leave the image
+        xy = np.column_stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)]) + 0.0137
+        ref = np.zeros((40, 48), bool)
+        rr, cc = polygon(xy[:, 1], xy[:, 0], ref.shape)
+        ref[rr, cc] = True
+        assert np.array_equal(fill_polygons([xy], ref.shape), ref)
+    square = np.array([[2.5, 2.5], [12.5, 2.5], [12.5, 12.5], [2.5, 12.5]])
+    hole = np.array([[5.5, 5.5], [8.5, 5.5], [8.5, 8.5], [5.5, 8.5]])
+    m = fill_polygons([square, hole], (16, 16))
+    assert m.sum() == 100 - 9 and not m[6:9, 6:9].any()
