@@ -1,0 +1,146 @@
+"""ONNX Runtime export: same outputs as PyTorch on a real slice, same masks for every prompt layout,
+and a reported fallback to PyTorch when the export is corrupt or does not match the weights."""
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from models import onnx_export as ox
+from models.runtime import attach_runtime
+from models.sam_backend import SamSegmenter
+from prompting.promptset import Point, PromptSet, PromptSource
+
+
+def _twin(seg: SamSegmenter) -> SamSegmenter:
+    """A second segmenter on the same loaded weights (no reload), with its own cache."""
+    return SamSegmenter(seg.name, seg.sam, seg.preprocessing, version=seg.version)
+
+
+@pytest.fixture(scope="session")
+def export_root(tmp_path_factory, segmenter):
+    root = tmp_path_factory.mktemp("onnx")
+    ox.export_onnx(segmenter, root)  # once per session: ~15 s
+    return root
+
+
+@pytest.fixture(scope="session")
+def torch_seg(segmenter):
+    seg = _twin(segmenter)
+    assert attach_runtime(seg, "torch").active == "torch"
+    return seg
+
+
+@pytest.fixture(scope="session")
+def onnx_seg(segmenter, export_root):
+    seg = _twin(segmenter)
+    rep = attach_runtime(seg, "auto", export_root=export_root)
+    assert rep.active == "onnx", rep.reason
+    return seg
+
+
+@pytest.fixture(scope="session")
+def real_slice(colin27):
+    from integrations.windowing import slice_image, volume_window
+
+    t1, aal = colin27
+    z = 80
+    return slice_image(t1, z, volume_window(t1, None)), np.rint(aal.voxels[z]).astype(np.int64)
+
+
+def test_export_round_trip_on_real_slice(onnx_seg, torch_seg, real_slice, export_root):
+    img, _ = real_slice
+    rep = onnx_seg.runtime_report
+    assert rep.encoder_max_abs < 1e-3 and rep.decoder_max_abs < 1e-2 and "validated" in rep.reason
+    manifest = ox.ExportManifest.read(next(export_root.iterdir()))
+    assert manifest.fingerprint == ox.weights_fingerprint(torch_seg.sam) and manifest.backend == torch_seg.version
+    a = onnx_seg.embed(img).features
+    b = torch_seg.embed(img).features
+    assert a.shape == b.shape == (1, 256, 64, 64)
+    assert float((a - b).abs().max()) < 1e-3
+
+
+def test_decoder_prompts_give_the_same_masks(onnx_seg, torch_seg, real_slice):
+    img, labels = real_slice
+    emb = torch_seg.embed(img)  # one embedding: this isolates the decoder graph
+    ys, xs = np.nonzero(labels == np.bincount(labels[labels > 0].ravel()).argmax())
+    box = PromptSet.from_box(float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+    inside = Point(float(np.median(xs)), float(np.median(ys)), True, PromptSource.CLICK, 1.0)
+    outside = Point(float(xs.min()) - 3, float(ys.min()) - 3, False, PromptSource.CLICK, 1.0)
+    first = torch_seg.decode(emb, box)
+    prompts = [
+        box,
+        box.with_points(inside, outside),
+        PromptSet(points=(inside, outside)),  # clicks only: the padding point path
+        box.with_mask_input(first.low_res_logits),
+    ]
+    for multimask in (False, True):
+        for p in prompts:
+            want = torch_seg.decode(emb, p, multimask=multimask)
+            got = onnx_seg.decode(emb, p, multimask=multimask)
+            assert np.mean(want.mask != got.mask) < 1e-3, p
+            assert np.abs(want.low_res_logits - got.low_res_logits).max() < 1e-2
+            assert abs(want.predicted_iou - got.predicted_iou) < 1e-3
+    # a batch of two boxes (one with a previous mask) decodes as in PyTorch
+    batch = [box, PromptSet.from_box(10, 10, 60, 50).with_mask_input(first.low_res_logits)]
+    for w, g in zip(torch_seg.decode_batch(emb, batch), onnx_seg.decode_batch(emb, batch)):
+        assert np.mean(w.mask != g.mask) < 1e-3
+    assert not first.is_empty
+
+
+def _copy_export(export_root, tmp_path):
+    src = next(export_root.iterdir())
+    dst_root = tmp_path / "exports"
+    shutil.copytree(src, dst_root / src.name)
+    return dst_root, dst_root / src.name
+
+
+def test_corrupt_export_falls_back_to_torch_and_says_so(segmenter, export_root, tmp_path, caplog, disc_image):
+    root, folder = _copy_export(export_root, tmp_path)
+    (folder / ox.ENCODER_FILE).write_bytes(b"\x08\x07 not a protobuf" * 100)
+    seg = _twin(segmenter)
+    with caplog.at_level(logging.WARNING, logger="clinseg.runtime"):
+        rep = attach_runtime(seg, "onnx", export_root=root)
+    assert rep.active == "torch" and rep.fell_back and seg.runtime is None
+    assert "failed validation" in rep.reason and "does not load" in rep.reason
+    assert any("PyTorch" in r.getMessage() for r in caplog.records)
+    img, mask = disc_image
+    seg_mask = seg.decode(seg.embed(img), PromptSet.from_box(75, 55, 165, 145)).mask
+    assert (seg_mask & mask).sum() / (seg_mask | mask).sum() > 0.8  # still segments, on PyTorch
+
+
+def test_mismatched_export_fails_validation(segmenter, export_root, tmp_path):
+    root, folder = _copy_export(export_root, tmp_path)
+    model = onnx.load(str(folder / ox.ENCODER_FILE))
+    floats = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
+    init = max(floats, key=lambda t: int(np.prod(t.dims)))  # the largest weight
+    w = numpy_helper.to_array(init)
+    # "other weights" under the same name (noise, not a scale: a LayerNorm would undo a scale)
+    arr = w + np.random.default_rng(0).normal(0, float(w.std()), w.shape)
+    init.CopyFrom(numpy_helper.from_array(arr.astype(np.float32), init.name))
+    onnx.save(model, str(folder / ox.ENCODER_FILE))
+    seg = _twin(segmenter)
+    rep = attach_runtime(seg, "auto", export_root=root)
+    assert rep.active == "torch" and seg.runtime is None
+    assert "encoder differs from PyTorch" in rep.reason
+
+
+def test_manifest_for_other_weights_is_refused(segmenter, export_root, tmp_path):
+    root, folder = _copy_export(export_root, tmp_path)
+    text = (folder / ox.MANIFEST).read_text()
+    fp = ox.ExportManifest.read(folder).fingerprint
+    (folder / ox.MANIFEST).write_text(text.replace(fp, "0" * len(fp)))
+    rep = attach_runtime(_twin(segmenter), "auto", export_root=root)
+    assert rep.active == "torch" and "other weights" in rep.reason
+
+
+def test_auto_without_export_uses_torch_with_reason(segmenter, tmp_path):
+    seg = _twin(segmenter)
+    rep = attach_runtime(seg, "auto", export_root=tmp_path / "empty")
+    assert rep.active == "torch" and "export-onnx" in rep.reason and not rep.fell_back
+    with pytest.raises(ValueError):
+        attach_runtime(seg, "tensorrt")
