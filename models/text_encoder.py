@@ -55,7 +55,9 @@ class MiniLMEncoder:
         _force_offline()
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a CLI prints JSON on stdout and one-line errors on stderr
         self.path = Path(path) if path else minilm_path()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
