@@ -19,6 +19,7 @@ EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_WEIGHTS, EXIT_NOTHING = 0, 1, 2, 3, 4
 COMMANDS = (
     "app.cli_core",
     "app.cli_triage",
+    "app.cli_batch",
     "app.cli_speed",
     "app.cli_text",
 )

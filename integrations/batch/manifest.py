@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS results (
     mask_path TEXT NOT NULL DEFAULT '',
     extra_outputs TEXT NOT NULL DEFAULT '',
     volume_ml REAL NOT NULL DEFAULT 0,
+    size_mm REAL NOT NULL DEFAULT 0,
+    uncertainty REAL NOT NULL DEFAULT 1,
     voxels INTEGER NOT NULL DEFAULT 0,
     slices INTEGER NOT NULL DEFAULT 0,
     mean_iou REAL NOT NULL DEFAULT 0,
@@ -43,7 +45,7 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 SUMMARY_COLUMNS = ("study_key", "kind", "relpath", "target", "status", "reason", "mask_path", "extra_outputs",
-                   "volume_ml", "voxels", "slices", "mean_iou", "localiser", "study_seconds", "model_version", "committed_at")
+                   "volume_ml", "size_mm", "voxels", "slices", "mean_iou", "uncertainty", "localiser", "study_seconds", "model_version", "committed_at")
 
 
 @dataclass(frozen=True)
@@ -75,18 +77,21 @@ class Manifest:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         rows = [
             (result.key, t.target, result.model_version, result.kind, result.relpath, t.status, t.reason, t.mask_path,
-             ";".join(t.extra_outputs), t.volume_ml, t.voxels, t.slices, t.mean_iou, t.localiser, result.seconds,
+             ";".join(t.extra_outputs), t.volume_ml, t.size_mm, t.uncertainty, t.voxels, t.slices, t.mean_iou,
+             t.localiser, result.seconds,
              result.worker, now)
             for t in result.targets
         ]
         with closing(self._connect()) as con, con:
             con.executemany(
                 """INSERT INTO results (study_key, target, model_version, kind, relpath, status, reason, mask_path,
-                       extra_outputs, volume_ml, voxels, slices, mean_iou, localiser, study_seconds, worker, committed_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       extra_outputs, volume_ml, size_mm, uncertainty, voxels, slices, mean_iou, localiser,
+                       study_seconds, worker, committed_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (study_key, target, model_version) DO UPDATE SET
                        kind=excluded.kind, relpath=excluded.relpath, status=excluded.status, reason=excluded.reason,
                        mask_path=excluded.mask_path, extra_outputs=excluded.extra_outputs, volume_ml=excluded.volume_ml,
+                       size_mm=excluded.size_mm, uncertainty=excluded.uncertainty,
                        voxels=excluded.voxels, slices=excluded.slices, mean_iou=excluded.mean_iou,
                        localiser=excluded.localiser, study_seconds=excluded.study_seconds, worker=excluded.worker,
                        committed_at=excluded.committed_at, commits=results.commits + 1""",

@@ -29,6 +29,7 @@ from .discovery import StudyDescriptor, discover
 from .manifest import Manifest
 from .progress import Progress
 from .tasks import FAILED, OK, PLUGIN_NAME, BatchSpec, SegmenterPlugin, StudyResult, TargetResult, run_study_on_worker
+from .worklist import WorklistSink
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class BatchOptions:
     retries: int = 2
     retry_failed: bool = False
     progress: bool = True
+    worklist: str | None = None  # triage worklist (SQLite path or SQLAlchemy URL) to publish findings to
+    only_new: bool = False  # with a worklist: skip studies the worklist has past "new"
 
 
 @dataclass
@@ -85,7 +88,8 @@ def _lost_result(desc: StudyDescriptor, spec: BatchSpec, error: BaseException) -
         reason = f"the task failed outside the study code ({type(error).__name__}: {error})"
     model_version = spec.model_version()
     return StudyResult(desc.key, desc.kind, desc.relpath, model_version, FAILED, reason=reason,
-                       targets=[TargetResult(t, FAILED, reason=reason) for t in spec.targets])
+                       study_uid=desc.study_uid or "", series_uid=desc.series_uid or "",
+                       targets=[TargetResult(t, FAILED, reason=reason) for t in spec.target_names])
 
 
 def _start_local_cluster(stack: ExitStack, n_workers: int, retries: int):
@@ -129,19 +133,33 @@ def run_batch(input_path: str | os.PathLike, spec: BatchSpec, options: BatchOpti
     out_root = Path(spec.out_dir)
     out_root.mkdir(parents=True, exist_ok=True)
     model_version = spec.model_version()
-    studies = discover(input_path)
-    manifest = Manifest(out_root / MANIFEST_NAME)
-    done = manifest.done_keys(spec.targets, model_version, out_root, retry_failed=options.retry_failed)
-    pending = [s for s in studies if s.key not in done]
-    report = BatchReport(discovered=len(studies), skipped=len(studies) - len(pending), submitted=len(pending),
-                         manifest=str(manifest.path))
     if options.workers is not None and options.workers < 1:
         raise ClinsegInputError(f"--workers must be at least 1 (got {options.workers}).")
     if options.workers is not None and options.scheduler:
         raise ClinsegInputError("give --workers (a local cluster) or --scheduler (an existing one), not both.")
-
-    if pending:
-        with ExitStack() as stack:
+    if options.only_new and not options.worklist:
+        raise ClinsegInputError("--only-new needs --worklist: it selects the studies the worklist has as 'new'.")
+    studies = discover(input_path)
+    manifest = Manifest(out_root / MANIFEST_NAME)
+    done = manifest.done_keys(spec.target_names, model_version, out_root, retry_failed=options.retry_failed)
+    pending = [s for s in studies if s.key not in done]
+    with ExitStack() as stack:
+        if not log.isEnabledFor(logging.INFO):
+            # Dask logs every scheduler/nanny event at INFO on its own handler; a batch's stderr is
+            # for the progress line and real problems (restored afterwards: the caller's logging).
+            dlog = logging.getLogger("distributed")
+            stack.callback(dlog.setLevel, dlog.level)
+            dlog.setLevel(logging.ERROR)
+        sink = None
+        if options.worklist:
+            sink = WorklistSink(options.worklist)
+            stack.callback(sink.close)
+            if options.only_new:
+                # A study not on the worklist yet is new too; one a person has taken further is left alone.
+                pending = [s for s in pending if sink.status_of(s) in (None, "new")]
+        report = BatchReport(discovered=len(studies), skipped=len(studies) - len(pending), submitted=len(pending),
+                             manifest=str(manifest.path))
+        if pending:
             if client is None and options.scheduler:
                 from distributed import Client
 
@@ -155,21 +173,21 @@ def run_batch(input_path: str | os.PathLike, spec: BatchSpec, options: BatchOpti
                 by_host = remote_threads(client)
             # A worker joining later on an unseen host gets the most conservative share.
             report.workers = _register_segmenter(client, spec, by_host, min(by_host.values(), default=1))
-            _execute(client, pending, spec, manifest, report, options, on_result)
-    manifest.write_summary(out_root / SUMMARY_NAME, [s.key for s in studies], spec.targets, model_version)
+            _execute(client, pending, spec, manifest, sink, report, options, on_result)
+    manifest.write_summary(out_root / SUMMARY_NAME, [s.key for s in studies], spec.target_names, model_version)
     report.summary_csv = str(out_root / SUMMARY_NAME)
     report.seconds = round(time.monotonic() - t0, 3)
     return report
 
 
-def _execute(client, pending: list[StudyDescriptor], spec: BatchSpec, manifest: Manifest, report: BatchReport,
-             options: BatchOptions, on_result) -> None:
+def _execute(client, pending: list[StudyDescriptor], spec: BatchSpec, manifest: Manifest, sink: WorklistSink | None,
+             report: BatchReport, options: BatchOptions, on_result) -> None:
     from distributed import as_completed
 
     model_version = spec.model_version()
     futures = {}
     for desc in pending:
-        fut = client.submit(run_study_on_worker, desc, spec, key=_task_key(desc, model_version, spec.targets),
+        fut = client.submit(run_study_on_worker, desc, spec, key=_task_key(desc, model_version, spec.target_names),
                             retries=options.retries, pure=False)
         futures[fut] = desc
     progress = Progress(total=len(pending), enabled=options.progress)
@@ -184,6 +202,18 @@ def _execute(client, pending: list[StudyDescriptor], spec: BatchSpec, manifest: 
             fut.release()
         if result.model_version != model_version:
             result = _lost_result(desc, spec, RuntimeError(f"worker used model {result.model_version}, expected {model_version}"))
+        if sink is not None:
+            try:
+                # Worklist first, manifest second: if this process dies in between, the re-run redoes
+                # the study and the worklist upsert finds its finding already there (no duplicate).
+                sink.commit(result, label=desc.safe_name)
+            except Exception as e:  # the worklist is unreachable or locked: leave the study not done
+                log.error("worklist commit failed for %s: %s", desc.safe_name, type(e).__name__)
+                result.status, result.reason = FAILED, f"results computed but the worklist commit failed ({type(e).__name__}: {e}); re-run"
+                report.results.append(result)
+                report.failed += 1
+                progress.update(failed=True)
+                continue
         manifest.commit(result)
         report.results.append(result)
         report.ok += int(result.status == OK)

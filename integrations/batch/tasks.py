@@ -25,7 +25,7 @@ from integrations.errors import ClinsegInputError, ModelWeightsError
 from integrations.volume import Volume
 
 from .discovery import StudyDescriptor
-from .targets import LocaliserChain, TargetNotFoundError, UnknownTargetError, VolumeLocalisation, default_localisers, target_slug
+from .targets import Localisers, TargetNotFoundError, TargetSpec, VolumeLocalisation, target_slug
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,18 @@ OK, NOT_FOUND, FAILED = "ok", "not_found", "failed"
 class BatchSpec:
     """What every study of a batch gets done to. Picklable; travels to the workers."""
 
-    targets: tuple[str, ...]
+    targets: tuple[TargetSpec, ...]
     out_dir: str
     backend: str = "litemedsam"
     checkpoint: str | None = None
-    template: str | None = None
+    template: str | None = None  # template for anatomical targets: None (default), 'demo', 'colin27', a folder
     window: str | None = None
+    dicom_outputs: tuple[str, ...] = ("seg",)  # for DICOM input, besides NIfTI: "seg" and/or "rtstruct"
     embedding_cache_mb: int = 64  # studies do not share slices: a small cache is enough
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.targets)
 
     def model_version(self) -> str:
         """The version string results are keyed by; equals the built segmenter's `.version`."""
@@ -66,9 +71,11 @@ class TargetResult:
     mask_path: str = ""  # relative to the batch output folder
     extra_outputs: tuple[str, ...] = ()
     volume_ml: float = 0.0
+    size_mm: float = 0.0  # the mask's largest extent along the volume axes, in mm
     voxels: int = 0
     slices: int = 0
-    mean_iou: float = 0.0
+    mean_iou: float = 0.0  # the decoder's own quality estimate, averaged over segmented slices
+    uncertainty: float = 1.0  # 1 - mean_iou x localiser confidence, in [0, 1]; what triage ranks on
     localiser: str = ""
 
 
@@ -84,6 +91,10 @@ class StudyResult:
     seconds: float = 0.0
     worker: str = ""
     shape_zyx: tuple[int, ...] = ()
+    study_uid: str = ""  # DICOM StudyInstanceUID, "" for NIfTI
+    series_uid: str = ""
+    modality: str = ""
+    dicom_outputs: tuple[str, ...] = ()  # SEG / RTSTRUCT files, relative to the output folder
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -101,13 +112,13 @@ def build_batch_segmenter(spec: BatchSpec, torch_threads: int | None = None):
     return seg
 
 
-def _segmenter_from_worker():
+def _plugin_on_worker() -> "SegmenterPlugin":
     from distributed import get_worker
 
     plugin = get_worker().plugins.get(PLUGIN_NAME)
     if plugin is None:
         raise RuntimeError("this Dask worker has no clinseg segmenter plugin; run batches through integrations.batch.runner")
-    return plugin.get()
+    return plugin
 
 
 def _atomic_write_mask(path: Path, volume: Volume, mask: np.ndarray) -> None:
@@ -118,6 +129,13 @@ def _atomic_write_mask(path: Path, volume: Volume, mask: np.ndarray) -> None:
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     write_mask(tmp, volume, mask)
     os.replace(tmp, path)
+
+
+def _remove_stale_temporaries(study_dir: Path) -> None:
+    """Half-written files of an earlier attempt whose worker was killed mid-write."""
+    if study_dir.is_dir():
+        for p in study_dir.glob(".tmp-*"):
+            p.unlink(missing_ok=True)
 
 
 def segment_volume(segmenter, volume: Volume, loc: VolumeLocalisation, window: str | None = None) -> tuple[np.ndarray, list[float]]:
@@ -136,24 +154,68 @@ def segment_volume(segmenter, volume: Volume, loc: VolumeLocalisation, window: s
     return mask, ious
 
 
-def _run_target(segmenter, volume: Volume, target: str, localisers: LocaliserChain, spec: BatchSpec,
-                study_dir: Path, out_root: Path) -> TargetResult:
+def short_reason(e: BaseException, limit: int = 240) -> str:
+    """One line for the summary: ITK errors carry a C++ source location and several lines."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = lines[-1] if lines else type(e).__name__
+    return text[-limit:]
+
+
+def extent_mm(volume: Volume, mask: np.ndarray) -> float:
+    """The mask's largest extent along the x, y, z index axes, in mm (a lesion's 'size' for triage)."""
+    idx = np.nonzero(mask)
+    if not len(idx[0]):
+        return 0.0
+    extents_zyx = [(int(a.max()) - int(a.min()) + 1) for a in idx]
+    sx, sy, sz = volume.spacing
+    return float(max(extents_zyx[2] * sx, extents_zyx[1] * sy, extents_zyx[0] * sz))
+
+
+def _run_target(segmenter, volume: Volume, target: TargetSpec, localisers: Localisers, spec: BatchSpec,
+                study_dir: Path, out_root: Path) -> tuple[TargetResult, np.ndarray | None]:
     try:
         loc = localisers.localise(volume, target)
     except TargetNotFoundError as e:
-        return TargetResult(target, NOT_FOUND, reason=str(e))
-    except UnknownTargetError as e:
-        return TargetResult(target, FAILED, reason=str(e))
+        return TargetResult(target.name, NOT_FOUND, reason=str(e)), None
+    except ClinsegInputError:
+        raise
+    except RuntimeError as e:  # registration diverged (SimpleITK), e.g. the study is not of the template's anatomy
+        return TargetResult(target.name, FAILED, reason=f"localisation failed: {short_reason(e)}"), None
     mask, ious = segment_volume(segmenter, volume, loc, spec.window)
     n = int(mask.sum())
     if n == 0:
-        return TargetResult(target, NOT_FOUND, reason=f"the model returned an empty mask on all {len(loc.boxes)} localised slices",
-                            localiser=loc.method)
-    path = study_dir / f"{target_slug(target)}.nii.gz"
+        return TargetResult(target.name, NOT_FOUND, localiser=loc.method,
+                            reason=f"the model returned an empty mask on all {len(loc.boxes)} localised slices"), None
+    path = study_dir / f"{target_slug(target.name)}.nii.gz"
     _atomic_write_mask(path, volume, mask)
-    return TargetResult(target, OK, mask_path=str(path.relative_to(out_root)), volume_ml=round(n * volume.voxel_volume_ml, 4),
-                        voxels=n, slices=int(mask.any(axis=(1, 2)).sum()), mean_iou=round(float(np.mean(ious)), 4),
-                        localiser=loc.method)
+    mean_iou = float(np.clip(np.mean(ious), 0.0, 1.0))
+    return TargetResult(target.name, OK, mask_path=str(path.relative_to(out_root)), volume_ml=round(n * volume.voxel_volume_ml, 4),
+                        size_mm=round(extent_mm(volume, mask), 2), voxels=n, slices=int(mask.any(axis=(1, 2)).sum()),
+                        mean_iou=round(mean_iou, 4), uncertainty=round(1.0 - mean_iou * float(np.clip(loc.confidence, 0, 1)), 4),
+                        localiser=loc.method), mask
+
+
+def _write_dicom_outputs(volume: Volume, masks: dict[str, np.ndarray], spec: BatchSpec, study_dir: Path,
+                         out_root: Path) -> tuple[str, ...]:
+    """DICOM-SEG and/or RTSTRUCT referencing the source series, so PACS and TPS show the result."""
+    written = []
+    if "seg" in spec.dicom_outputs:
+        from integrations.dicom_seg import write_seg
+
+        path = study_dir / "segmentation.seg.dcm"
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        write_seg(tmp, volume, masks, algorithm="clinseg-batch", algorithm_version=spec.model_version())
+        os.replace(tmp, path)
+        written.append(str(path.relative_to(out_root)))
+    if "rtstruct" in spec.dicom_outputs:
+        from integrations.rtstruct import write_rtstruct
+
+        path = study_dir / "contours.rtstruct.dcm"
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        write_rtstruct(tmp, volume, masks)
+        os.replace(tmp, path)
+        written.append(str(path.relative_to(out_root)))
+    return tuple(written)
 
 
 def check_gzip_complete(path: str | os.PathLike) -> None:
@@ -179,38 +241,52 @@ def check_gzip_complete(path: str | os.PathLike) -> None:
                                  "the file was cut short (an interrupted copy?). Copy it again.") from e
 
 
-def process_study(desc: StudyDescriptor, spec: BatchSpec, segmenter=None) -> StudyResult:
-    """Run one study. Never raises for bad input: the reason goes into the result."""
+def process_study(desc: StudyDescriptor, spec: BatchSpec, segmenter=None, localisers: Localisers | None = None) -> StudyResult:
+    """Run one study. Never raises for bad input: the reason goes into the result.
+
+    `segmenter`/`localisers` are built once per process by the caller (in Dask: `SegmenterPlugin`)."""
     from integrations.loaders import load_volume
 
     t0 = time.perf_counter()
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    result = StudyResult(desc.key, desc.kind, desc.relpath, spec.model_version(), OK, worker=worker)
+    result = StudyResult(desc.key, desc.kind, desc.relpath, spec.model_version(), OK, worker=worker,
+                         study_uid=desc.study_uid or "", series_uid=desc.series_uid or "")
     try:
+        if segmenter is None or localisers is None:
+            plugin = _plugin_on_worker()
+            segmenter, localisers = plugin.get(), plugin.localisers()
         if desc.kind == "nifti":
             check_gzip_complete(desc.path)
         volume = load_volume(desc.path, series_uid=desc.series_uid)
-        result.shape_zyx = volume.shape
+        result.shape_zyx, result.modality = volume.shape, volume.modality
         if volume.is_color:
             raise ClinsegInputError("a colour image: batch segmentation takes grey-level studies (CT, MR, PET, X-ray).")
-        seg = segmenter if segmenter is not None else _segmenter_from_worker()
-        localisers = default_localisers(spec.template, spec.window)
         out_root = Path(spec.out_dir)
         study_dir = out_root / desc.safe_name
+        _remove_stale_temporaries(study_dir)
+        masks: dict[str, np.ndarray] = {}
         for target in spec.targets:
             try:
-                result.targets.append(_run_target(seg, volume, target, localisers, spec, study_dir, out_root))
-            except ClinsegInputError as e:
-                result.targets.append(TargetResult(target, FAILED, reason=str(e)))
+                tr, mask = _run_target(segmenter, volume, target, localisers, spec, study_dir, out_root)
+            except ClinsegInputError as e:  # this target cannot be done here; the others still can
+                tr, mask = TargetResult(target.name, FAILED, reason=str(e)), None
+            result.targets.append(tr)
+            if mask is not None:
+                masks[target.name] = mask
+        if masks and volume.dicom is not None and spec.dicom_outputs:
+            result.dicom_outputs = _write_dicom_outputs(volume, masks, spec, study_dir, out_root)
+            for tr in result.targets:
+                if tr.status == OK:
+                    tr.extra_outputs = result.dicom_outputs
     except (ClinsegInputError, ModelWeightsError) as e:
         result.status, result.reason = FAILED, str(e)
     except MemoryError:
         result.status, result.reason = FAILED, "out of memory while processing this study"
     except Exception as e:  # an unexpected bug on one study must not end the batch; keep the type for the report
         log.debug("study %s failed", desc.safe_name, exc_info=True)
-        result.status, result.reason = FAILED, f"internal error ({type(e).__name__}: {e})"
+        result.status, result.reason = FAILED, f"internal error ({type(e).__name__}: {short_reason(e)})"
     if result.status == FAILED:
-        result.targets = [TargetResult(t, FAILED, reason=result.reason) for t in spec.targets]
+        result.targets = [TargetResult(t.name, FAILED, reason=result.reason) for t in spec.targets]
     elif any(t.status == FAILED for t in result.targets):
         result.status = FAILED
         result.reason = "; ".join(f"{t.target}: {t.reason}" for t in result.targets if t.status == FAILED)
@@ -234,6 +310,7 @@ class SegmenterPlugin(WorkerPlugin):
         self.torch_threads = torch_threads
         self.threads_by_host = dict(threads_by_host or {})
         self._segmenter = None
+        self._localisers = None
 
     def setup(self, worker) -> None:
         host = str(worker.address).split("://")[-1].rsplit(":", 1)[0]
@@ -245,6 +322,11 @@ class SegmenterPlugin(WorkerPlugin):
             self._segmenter = build_batch_segmenter(self.spec, self.torch_threads)
         return self._segmenter
 
+    def localisers(self) -> Localisers:
+        if self._localisers is None:
+            self._localisers = Localisers(self.spec.template, self.spec.window)
+        return self._localisers
+
     def __getstate__(self):
         # The model never travels: each worker builds its own from the spec.
         return {"spec": self.spec, "torch_threads": self.torch_threads, "threads_by_host": self.threads_by_host}
@@ -252,3 +334,4 @@ class SegmenterPlugin(WorkerPlugin):
     def __setstate__(self, state) -> None:
         self.__dict__.update(state)
         self._segmenter = None
+        self._localisers = None
