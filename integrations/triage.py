@@ -50,6 +50,10 @@ class TriageError(ClinsegInputError):
     """A worklist request that cannot be carried out (unknown study, bad status or urgency)."""
 
 
+class StaleStudyError(TriageError):
+    """The study changed since the caller read it (another session edited it): reload and retry."""
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
 
@@ -248,10 +252,15 @@ class TriageStore:
                        detail=json.dumps(detail, sort_keys=True, default=str)))
 
     @staticmethod
-    def _get(s: Session, study_uid: str) -> StudyRow:
+    def _get(s: Session, study_uid: str, expected_version: int | None = None) -> StudyRow:
         row = s.scalar(select(StudyRow).where(StudyRow.study_uid == study_uid))
         if row is None:
             raise TriageError(f"study {study_uid} is not on the worklist; add it first (clinseg triage add)")
+        # optimistic check for interactive sessions: the write lock is held, so the comparison and
+        # the change that follows are atomic
+        if expected_version is not None and row.version != expected_version:
+            raise StaleStudyError(f"study {row.label or study_uid} was changed by someone else since you opened it "
+                                  f"(version {expected_version} -> {row.version}); reload the worklist and try again")
         return row
 
     @staticmethod
@@ -339,12 +348,13 @@ class TriageStore:
 
         return self._run(fn)
 
-    def set_status(self, study_uid: str, status: str, *, actor: str, note: str = "") -> Study:
+    def set_status(self, study_uid: str, status: str, *, actor: str, note: str = "",
+                   expected_version: int | None = None) -> Study:
         if status not in STATUSES:
             raise TriageError(f"status {status!r} is not one of {', '.join(STATUSES)}")
 
         def fn(s: Session):
-            row = self._get(s, study_uid)
+            row = self._get(s, study_uid, expected_version)
             old = row.status
             row.status = status
             self._audit(s, study_uid, actor, "status", old=old, new=status, note=note)
@@ -353,9 +363,11 @@ class TriageStore:
 
         return self._run(fn)
 
-    def assign(self, study_uid: str, user: str, *, actor: str) -> Study:
+    def assign(self, study_uid: str, user: str, *, actor: str, expected_version: int | None = None) -> Study:
+        """expected_version: the `Study.version` the caller saw; a newer one raises StaleStudyError."""
+
         def fn(s: Session):
-            row = self._get(s, study_uid)
+            row = self._get(s, study_uid, expected_version)
             old = row.assigned_to
             row.assigned_to = user or ""
             self._audit(s, study_uid, actor, "assign", old=old, new=row.assigned_to)
@@ -364,11 +376,11 @@ class TriageStore:
 
         return self._run(fn)
 
-    def set_urgency(self, study_uid: str, urgency: str, *, actor: str) -> Study:
+    def set_urgency(self, study_uid: str, urgency: str, *, actor: str, expected_version: int | None = None) -> Study:
         urgency = self._check_urgency(urgency)
 
         def fn(s: Session):
-            row = self._get(s, study_uid)
+            row = self._get(s, study_uid, expected_version)
             old = row.urgency
             row.urgency = urgency
             self._audit(s, study_uid, actor, "urgency", old=old, new=urgency)
@@ -377,11 +389,12 @@ class TriageStore:
 
         return self._run(fn)
 
-    def accept(self, study_uid: str, *, actor: str, structure: str | None = None) -> Study:
+    def accept(self, study_uid: str, *, actor: str, structure: str | None = None,
+               expected_version: int | None = None) -> Study:
         """A reviewer accepts one structure's finding(s), or the whole study (status -> reviewed)."""
 
         def fn(s: Session):
-            row = self._get(s, study_uid)
+            row = self._get(s, study_uid, expected_version)
             hit = [f for f in row.findings if structure is None or structure in (f.structure, f.target)]
             if structure is not None and not hit:
                 raise TriageError(f"study {study_uid} has no finding for {structure!r}")

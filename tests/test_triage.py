@@ -231,3 +231,48 @@ worklist.render(None)
     assert st_.audit("8.2")[-1].actor == "ana" and st_.audit("8.2")[-1].action == "assign"
     at.multiselect(key="wl_status").set_value(["new"]).run()
     assert list(at.dataframe[0].value["label"]) == ["LOW"]
+
+
+def test_two_sessions_stale_edit_is_refused(tmp_path):
+    """Two app sessions open the same study; the second to write on a stale view is told, not silently
+    overwriting the first (and nothing is lost either way: both attempts are in the trail or refused)."""
+    from integrations.triage import StaleStudyError
+
+    a = TriageStore(tmp_path / "wl.db")
+    b = TriageStore(tmp_path / "wl.db")
+    a.add_study("9.1")
+    seen_a, seen_b = a.get("9.1"), b.get("9.1")
+    a.assign("9.1", "dr_a", actor="ana", expected_version=seen_a.version)
+    with pytest.raises(StaleStudyError):
+        b.assign("9.1", "dr_b", actor="ben", expected_version=seen_b.version)
+    assert b.get("9.1").assigned_to == "dr_a"
+    b.assign("9.1", "dr_b", actor="ben", expected_version=b.get("9.1").version)  # after reloading
+    assert [x.actor for x in a.audit("9.1") if x.action == "assign"] == ["ana", "ben"]
+
+
+def test_worklist_page_refuses_stale_change(tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    db = tmp_path / "page.db"
+    st_ = TriageStore(db)
+    st_.add_study("8.5", label="ONE", urgency="urgent")
+    script = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+import streamlit as st
+from app.views import worklist
+st.session_state.setdefault("worklist_db", {str(db)!r})
+worklist.render(None)
+"""
+    at = AppTest.from_string(script, default_timeout=60)
+    at.run()
+    at.text_input(key="wl_actor").set_value("ana").run()
+    st_.assign("8.5", "someone_else", actor="ben")  # another session, after this page was drawn
+    at.text_input(key="wl_assign_8.5").set_value("dr_a")
+    at.button(key="wl_assign_btn").click().run()
+    assert not at.exception, at.exception
+    assert any("changed by someone else" in w.value for w in at.warning)
+    assert st_.get("8.5").assigned_to == "someone_else"
+    at.button(key="wl_assign_btn").click().run()  # the page now shows the new state: a second click applies
+    assert not at.exception, at.exception
+    assert st_.get("8.5").assigned_to == "dr_a"

@@ -159,7 +159,7 @@ def _export(st, rv, cmp_, colors: dict, path_a: str) -> None:
     from integrations.review_report import write_review_report
 
     st.markdown("**Export**")
-    out = Path(tempfile.mkdtemp(prefix="clinseg_rt_"))
+    out = Path(tempfile.gettempdir()) / "clinseg_rt_review" / str(id(rv))  # one folder per review, reused
     if st.button("Build review report", key="rt_report", icon=":material/description:"):
         files = write_review_report(out, rv.volume, cmp_, rv.reference, rv.test, rv.regenerated, rv.decisions,
                                     study_label="RT review")
@@ -176,6 +176,7 @@ def _export(st, rv, cmp_, colors: dict, path_a: str) -> None:
     if st.button(f"RTSTRUCT with {len(accepted)} accepted structure(s)", key="rt_write_rs"):
         from integrations.rtstruct import write_rtstruct
 
+        out.mkdir(parents=True, exist_ok=True)
         p = out / "rtstruct_reviewed.dcm"
         write_rtstruct(p, rv.volume, accepted, colors=colors, base=path_a or None, label="reviewed",
                        series_description="clinseg reviewed contours")
@@ -183,6 +184,7 @@ def _export(st, rv, cmp_, colors: dict, path_a: str) -> None:
     if st.button("DICOM-SEG of accepted structures", key="rt_write_seg"):
         from integrations.dicom_seg import write_seg
 
+        out.mkdir(parents=True, exist_ok=True)
         p = out / "seg_reviewed.dcm"
         write_seg(p, rv.volume, accepted, colors=colors)
         st.download_button("seg_reviewed.dcm", p.read_bytes(), p.name, "application/dicom", key="rt_dl_seg")

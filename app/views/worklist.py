@@ -15,10 +15,14 @@ def default_db() -> str:
     return os.environ.get("CLINSEG_WORKLIST", "clinseg_worklist.db")
 
 
-def _store(path: str):
+def _store(st, path: str):
+    """One store (engine, connection pool) per database per browser session, not one per rerun."""
     from integrations.triage import TriageStore
 
-    return TriageStore(path)
+    stores = st.session_state.setdefault("worklist_stores", {})
+    if path not in stores:
+        stores[path] = TriageStore(path)
+    return stores[path]
 
 
 def findings_of(ws) -> list[dict]:
@@ -51,7 +55,7 @@ def render(ws=None, st=None) -> None:
                          key="wl_db_input")
     st.session_state[DB_KEY] = db
     actor = c[1].text_input("You (for assignments and the audit trail)", value=os.environ.get("USER", ""), key="wl_actor")
-    store = _store(db)
+    store = _store(st, db)
     st.caption(PRIORITY_FORMULA)
 
     if ws is not None and getattr(ws, "study", None) is not None:
@@ -79,27 +83,28 @@ def render(ws=None, st=None) -> None:
                        format_func=lambda u: next(f"{s.label or u} ({s.status}, {s.priority:.0f})" for s in studies
                                                   if s.study_uid == u), key="wl_pick")
     s = store.get(uid)
+    # the version this page showed on its previous run: a click is a change made on THAT view
+    seen_key = f"wl_seen_{uid}"
+    seen = st.session_state.get(seen_key, s.version)
+    st.session_state[seen_key] = s.version
     st.markdown(f"**Why this priority:** {s.priority_explained}")
     if s.history:
         st.markdown(f"**History:** {s.history}")
     a = st.columns(4)
     who = a[0].text_input("Assign to", value=s.assigned_to, key=f"wl_assign_{uid}")
     if a[0].button("Assign", key="wl_assign_btn", disabled=not actor.strip()):
-        store.assign(uid, who.strip(), actor=actor.strip())
-        st.rerun()
+        _guarded_write(st, store.assign, uid, who.strip(), actor=actor.strip(), expected_version=seen, seen_key=seen_key)
     new_status = a[1].selectbox("Status", list(STATUSES), index=list(STATUSES).index(s.status), key=f"wl_st_{uid}")
     if a[1].button("Set status", key="wl_status_btn", disabled=not actor.strip() or new_status == s.status):
-        store.set_status(uid, new_status, actor=actor.strip())
-        st.rerun()
+        _guarded_write(st, store.set_status, uid, new_status, actor=actor.strip(), expected_version=seen, seen_key=seen_key)
     structs = ["(all)"] + sorted({f.structure for f in s.findings})
     which = a[2].selectbox("Accept", structs, key=f"wl_acc_{uid}")
     if a[2].button("Accept", key="wl_accept_btn", disabled=not actor.strip()):
-        store.accept(uid, actor=actor.strip(), structure=None if which == "(all)" else which)
-        st.rerun()
+        _guarded_write(st, store.accept, uid, actor=actor.strip(), structure=None if which == "(all)" else which,
+                       expected_version=seen, seen_key=seen_key)
     new_u = a[3].selectbox("Urgency", list(URGENCIES), index=list(URGENCIES).index(s.urgency), key=f"wl_u_{uid}")
     if a[3].button("Set urgency", key="wl_urg_btn", disabled=not actor.strip() or new_u == s.urgency):
-        store.set_urgency(uid, new_u, actor=actor.strip())
-        st.rerun()
+        _guarded_write(st, store.set_urgency, uid, new_u, actor=actor.strip(), expected_version=seen, seen_key=seen_key)
     if s.findings:
         st.dataframe([f.__dict__ for f in s.findings], hide_index=True, width="stretch")
     with st.expander("Audit trail", icon=":material/history:"):
@@ -110,6 +115,20 @@ def render(ws=None, st=None) -> None:
     buf = io.StringIO()
     store.export(buf, fmt="csv", status=status or None, sort=sort, descending=not asc)
     st.download_button("Export worklist (CSV)", buf.getvalue(), "worklist.csv", "text/csv", key="wl_export")
+
+
+def _guarded_write(st, fn, *args, seen_key: str, **kwargs) -> None:
+    """Apply a change made on what this page showed; if another session changed the study meanwhile,
+    say so instead of overwriting their change (the page now shows the new state)."""
+    from integrations.triage import StaleStudyError
+
+    try:
+        study = fn(*args, **kwargs)
+    except StaleStudyError as e:
+        st.warning(str(e))
+        return
+    st.session_state[seen_key] = study.version  # our own change is not someone else's
+    st.rerun()
 
 
 def _add_open_study(st, store, ws, actor: str) -> None:
