@@ -8,16 +8,11 @@ import sys
 
 from integrations.errors import ClinsegInputError
 
-DEFAULT_DB = "clinseg_worklist.db"
-
-
-def _db_default() -> str:
-    return os.environ.get("CLINSEG_WORKLIST", DEFAULT_DB)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("triage", help="the triage worklist (SQLite file or a SQLAlchemy URL)")
-    t.add_argument("--db", default=None, help=f"worklist file or database URL (default $CLINSEG_WORKLIST or ./{DEFAULT_DB})")
+    t.add_argument("--db", default=None, help="worklist file or database URL (default $CLINSEG_WORKLIST or ~/.clinseg/worklist.db)")
     ts = t.add_subparsers(dest="triage_command", metavar="ACTION")
     ts.required = True
 
@@ -92,7 +87,7 @@ def _filters(p: argparse.ArgumentParser) -> None:
 def _store(args):
     from integrations.triage import TriageStore
 
-    return TriageStore(args.db or _db_default())
+    return TriageStore(args.db)  # None: $CLINSEG_WORKLIST or ~/.clinseg/worklist.db
 
 
 def _filter_kwargs(args) -> dict:

@@ -181,17 +181,26 @@ def priority_of(urgency: str, findings) -> tuple[float, str]:
 
 
 # ----------------------------------------------------------------------------------------- store
+def default_worklist() -> str:
+    """$CLINSEG_WORKLIST (a file or a database URL), else ~/.clinseg/worklist.db."""
+    return os.environ.get("CLINSEG_WORKLIST") or os.path.join(os.path.expanduser("~"), ".clinseg", "worklist.db")
+
+
 def _sqlite_url(path_or_url: str | os.PathLike) -> str:
     s = os.fspath(path_or_url)
-    return s if "://" in s else f"sqlite:///{os.path.abspath(s)}"
+    if "://" in s:
+        return s
+    p = os.path.abspath(s)
+    os.makedirs(os.path.dirname(p), exist_ok=True)
+    return f"sqlite:///{p}"
 
 
 class TriageStore:
     """The worklist. Every public method is one transaction; reads return plain dataclasses."""
 
-    def __init__(self, path_or_url: str | os.PathLike = "clinseg_worklist.db", busy_timeout_s: float = 30.0,
+    def __init__(self, path_or_url: str | os.PathLike | None = None, busy_timeout_s: float = 30.0,
                  retries: int = 5):
-        self.url = _sqlite_url(path_or_url)
+        self.url = _sqlite_url(path_or_url if path_or_url is not None else default_worklist())
         self.retries = retries
         self.is_sqlite = self.url.startswith("sqlite")
         if self.is_sqlite:

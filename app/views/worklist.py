@@ -12,7 +12,9 @@ DB_KEY = "worklist_db"
 
 
 def default_db() -> str:
-    return os.environ.get("CLINSEG_WORKLIST", "clinseg_worklist.db")
+    from integrations.triage import default_worklist
+
+    return default_worklist()
 
 
 def _store(st, path: str):
