@@ -333,6 +333,15 @@ def _contour_sequence(volume: Volume, mask: np.ndarray) -> list:
     return items
 
 
+def _on_volume(contour, volume: Volume, z_tolerance: float = 0.25) -> bool:
+    data = _contour_data(contour)
+    if data.size < 3:
+        return False
+    zc = float(np.median(volume.lps_to_index(data.reshape(-1, 3))[:, 2]))
+    k = int(round(zc))
+    return 0 <= k < volume.num_slices and abs(zc - k) <= z_tolerance
+
+
 def write_rtstruct(path, volume: Volume, masks: dict[str, np.ndarray],
                    colors: dict[str, tuple[int, int, int]] | None = None, base: str | os.PathLike | None = None,
                    label: str = "clinseg", series_description: str = "clinseg contours",
@@ -340,7 +349,8 @@ def write_rtstruct(path, volume: Volume, masks: dict[str, np.ndarray],
     """Write `masks` ((z, y, x) bool on `volume`'s grid) as an RTSTRUCT that references the series.
 
     base: an existing RTSTRUCT to revise: its other ROIs are kept as they are, ROIs with the same
-    name (case-insensitive) get the new contours, new names are added. The result is a new
+    name (case-insensitive) get the new contours on the volume's slices (their contours on planes the
+    volume does not cover are kept), new names are added. The result is a new
     instance (new SOP Instance UID) in a new series, as DICOM requires for a changed object.
     Returns the SOP Instance UID written."""
     import pydicom
@@ -440,9 +450,13 @@ def write_rtstruct(path, volume: Volume, masks: dict[str, np.ndarray],
                 rc = Dataset()
                 rc.ReferencedROINumber = num
                 ds.ROIContourSequence.append(rc)
-        color = colors.get(name) or DEFAULT_COLORS[(num - 1) % len(DEFAULT_COLORS)]
+        color = colors.get(name) or (list(rc.ROIDisplayColor) if "ROIDisplayColor" in rc else None) \
+            or DEFAULT_COLORS[(num - 1) % len(DEFAULT_COLORS)]
         rc.ROIDisplayColor = [int(c) for c in color]
-        rc.ContourSequence = contours
+        # revising: contours on planes this volume does not cover (slices missing from the loaded
+        # series) were not shown to anyone, so they are kept, not silently deleted
+        kept = [c for c in (getattr(rc, "ContourSequence", None) or []) if not _on_volume(c, volume)]
+        rc.ContourSequence = kept + contours
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = RTSTRUCT_SOP_CLASS
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

@@ -89,7 +89,7 @@ class FindingRow(Base):
     __tablename__ = "findings"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
-    target: Mapped[str] = mapped_column(String(128))  # what was asked for (query / structure key)
+    target: Mapped[str] = mapped_column(String(256))  # what was asked for (query / structure key [| series])
     model_version: Mapped[str] = mapped_column(String(64))
     structure: Mapped[str] = mapped_column(String(128), default="")  # display name
     volume_ml: Mapped[float] = mapped_column(Float, default=0.0)

@@ -246,3 +246,22 @@ def test_scanline_fill_matches_skimage_on_random_polygons():
     hole = np.array([[5.5, 5.5], [8.5, 5.5], [8.5, 8.5], [5.5, 8.5]])
     m = fill_polygons([square, hole], (16, 16))
     assert m.sum() == 100 - 9 and not m[6:9, 6:9].any()
+
+
+def test_revise_on_partial_series_keeps_unseen_contours(series, tmp_path):
+    """Revising an ROI while only one slice is loaded replaces that slice's contours and keeps the
+    contours on the slices nobody saw (no silent deletion)."""
+    folder, vol = series
+    m = asymmetric_masks(vol.shape)["F-shape"]
+    full = tmp_path / "full.dcm"
+    write_rtstruct(full, vol, {"F": m}, colors={"F": (1, 2, 3)})
+    one = load_volume(sorted(folder.glob("*.dcm"))[2])
+    edited = np.zeros(one.shape, bool)
+    edited[0, 20:30, 30:40] = True
+    rev = tmp_path / "rev.dcm"
+    write_rtstruct(rev, one, {"F": edited}, base=full)
+    back = read_rtstruct(rev, vol)
+    expect = m.copy()
+    expect[2] = edited[0]
+    assert np.array_equal(back.masks["F"], expect)
+    assert back.colors["F"] == (1, 2, 3)  # the ROI keeps its colour unless a new one is given
