@@ -31,53 +31,60 @@ def slice_session(ws: Workstation) -> SliceSession:
     return SliceSession.open(ws.study.volume, ws.slice_index, window_name(ws))
 
 
-def _metadata_check(ws: Workstation, mask: np.ndarray) -> tuple[str, ...]:
-    """Flags from the clinical metadata form (expected size, laterality), when prompting.metadata exists."""
-    if not ws.metadata or ws.study is None:
-        return ()
+def clinical_metadata(ws: Workstation):
+    """The form's values as prompting.metadata.ClinicalMetadata (modality/spacing from the study)."""
+    from prompting.metadata import ClinicalMetadata
+
+    md = ws.metadata
+    side = {"left": "L", "right": "R", "bilateral": "B"}.get(md.get("laterality", ""))
+    size = float(md.get("expected_size_mm") or 0.0) or None
+    text = " ".join(v for v in (md.get("finding", ""), md.get("history", "")) if v)
+    known = {"laterality": side, "expected_size_mm": size, "urgency": md.get("urgency") or None}
+    if md.get("modality"):
+        known["modality"] = md["modality"]
+    if md.get("body_part"):
+        known["body_part"] = md["body_part"]
+    return ClinicalMetadata.from_volume(ws.study.volume, text, **known)
+
+
+def left_map(ws: Workstation, shape: tuple[int, int]):
+    """(H, W) bool: pixels on the patient's left, from the study's orientation (None: not decidable)."""
+    from prompting.metadata import patient_left_map
+
+    vol = ws.study.volume
     try:
-        from prompting import metadata as md
-    except ImportError:
+        return patient_left_map(vol.direction, vol.origin, vol.spacing, shape, ws.slice_index)
+    except InvalidPromptError:
+        return None
+
+
+def metadata_flags(ws: Workstation, mask: np.ndarray) -> tuple[str, ...]:
+    """Ways the mask contradicts the clinical metadata form (expected size, patient side)."""
+    if not ws.metadata or not np.asarray(mask).any():
         return ()
-    checker = getattr(md, "check_mask", None)
-    build = getattr(md, "from_form", None)
-    if checker is None or build is None:
-        return ()
-    meta = build(ws.metadata, ws.study.volume)
-    return tuple(str(f) for f in checker(meta, mask, ws.study.volume, ws.slice_index))
+    from prompting.metadata import check_result
+
+    return tuple(check_result(mask, clinical_metadata(ws), left_map(ws, mask.shape)))
 
 
-def _uncertainty(segmenter, emb, prompt: PromptSet):
-    """(map, scalar) from models.uncertainty (SAM-U style), or (None, None) when it is not installed."""
-    try:
-        from models import uncertainty as unc
-    except ImportError:
-        return None, None
-    fn = getattr(unc, "estimate", None) or getattr(unc, "estimate_uncertainty", None)
-    if fn is None:
-        return None, None
-    res = fn(segmenter, emb, prompt)
-    umap = getattr(res, "map", None)
-    if umap is None:
-        umap = getattr(res, "uncertainty_map", None)
-    score = getattr(res, "score", None)
-    if score is None:
-        score = getattr(res, "uncertainty", None)
-    return umap, (None if score is None else float(score))
+def metadata_note(ws: Workstation, prompt: PromptSet, shape: tuple[int, int]) -> PromptSet:
+    """A prompt on the other side than the form says is kept (the user pointed there), with a note."""
+    if not ws.metadata:
+        return prompt
+    from prompting.metadata import check_prompt_side
+
+    return check_prompt_side(prompt, clinical_metadata(ws), left_map(ws, shape))
 
 
-def run_prompt(ws: Workstation, segmenter, prompt: PromptSet, label: str = "", new_object: bool = False) -> SliceResult:
-    """Decode `prompt` on the current slice and store the mask on the active (or a new) object."""
-    session = slice_session(ws)
-    prompt.validate(session.image01.shape[:2])
-    emb = segmenter.embed(session.image01)
-    seg = segmenter.decode(emb, prompt)
-    umap, score = _uncertainty(segmenter, emb, prompt) if ws.show_uncertainty else (seg.uncertainty_map, seg.uncertainty)
+def store_segmentation(ws: Workstation, seg, prompt: PromptSet, label: str = "", strokes: tuple = (),
+                       new_object: bool = False) -> SliceResult:
+    """Put a decoded Segmentation on the active (or a new) object for the current slice."""
     result = SliceResult(
         mask=np.asarray(seg.mask, bool), predicted_iou=float(seg.predicted_iou), prompt=prompt,
-        low_res_logits=seg.low_res_logits, uncertainty_map=umap, uncertainty=score,
+        low_res_logits=seg.low_res_logits, uncertainty_map=seg.uncertainty_map, uncertainty=seg.uncertainty,
         notes=tuple(prompt.notes) + tuple(n for n in seg.notes if n not in prompt.notes),
-        flags=tuple(seg.flags) + _metadata_check(ws, seg.mask),
+        flags=tuple(f for f in seg.flags) + tuple(f for f in metadata_flags(ws, seg.mask) if f not in seg.flags),
+        strokes=tuple(strokes),
     )
     if new_object:
         from .state import add_object
@@ -89,6 +96,27 @@ def run_prompt(ws: Workstation, segmenter, prompt: PromptSet, label: str = "", n
     log.info("segmented slice %d: %s prompt, area %d px, predicted IoU %.2f",
              ws.slice_index, "+".join(sorted(s.value for s in prompt.sources)), result.area_px, result.predicted_iou)
     return result
+
+
+def run_prompt(ws: Workstation, segmenter, prompt: PromptSet, label: str = "", new_object: bool = False,
+               strokes: tuple = ()) -> SliceResult:
+    """Decode `prompt` on the current slice (uncertainty when the map is on) and store the mask."""
+    session = slice_session(ws)
+    shape = session.image01.shape[:2]
+    prompt.validate(shape)
+    prompt = metadata_note(ws, prompt, shape)
+    emb = segmenter.embed(session.image01)
+    seg = segmenter.decode(emb, prompt)
+    negative = [s for s in strokes if not s.positive]
+    if negative:  # background strokes are hard evidence: components they cross go
+        from prompting.scribbles import negative_evidence, remove_negative
+
+        seg.mask = remove_negative(seg.mask, negative_evidence(negative, shape))
+    if ws.show_uncertainty:
+        from models.uncertainty import add_uncertainty
+
+        add_uncertainty(segmenter, emb, prompt, seg)
+    return store_segmentation(ws, seg, prompt, label, strokes, new_object)
 
 
 def drawn_to_prompt(ws: Workstation, segmenter, drawn: DrawnPrompt) -> PromptSet:
@@ -112,20 +140,31 @@ def drawn_to_prompt(ws: Workstation, segmenter, drawn: DrawnPrompt) -> PromptSet
         if not any(p.positive for p in earlier + (point,)):
             raise InvalidPromptError("a negative click removes part of a mask: first give the object with a box or a positive click.")
         return replace(clicks.propose_from_points(segmenter, emb, session.image01, earlier + (point,)), label=label)
-    if drawn.kind == "scribble":
-        from prompting import scribbles
-
-        return scribbles_prompt(scribbles, segmenter, emb, session.image01, previous, drawn, label)
     raise InvalidPromptError(f"unknown prompt kind {drawn.kind!r}.")
 
 
-def scribbles_prompt(scribbles, segmenter, emb, image01, previous: SliceResult | None, drawn: DrawnPrompt, label: str) -> PromptSet:
-    """Delegate a stroke to prompting.scribbles, keeping the earlier strokes of this object and slice."""
-    stroke = scribbles.Stroke(points=tuple(drawn.points), positive=drawn.positive)
-    earlier = tuple(getattr(previous.prompt, "strokes", ())) if previous is not None else ()
-    prompt = scribbles.prompt_from_scribbles(segmenter, emb, image01, earlier + (stroke,), previous=previous.prompt if previous else None)
-    return replace(prompt, label=label) if label else prompt
+def scribble_prompt(ws: Workstation, segmenter, emb, previous: SliceResult | None, drawn: DrawnPrompt, label: str):
+    """(PromptSet, strokes so far): this stroke plus the earlier strokes of this object on this slice.
+
+    A box the user drew earlier on this slice stays the frame the strokes refine.
+    """
+    from prompting.scribbles import Scribble, propose_from_scribbles
+
+    stroke = Scribble.of(drawn.points, width=3.0, positive=drawn.positive)
+    strokes = (tuple(previous.strokes) if previous is not None else ()) + (stroke,)
+    box = None
+    if previous is not None and previous.prompt.box is not None and previous.prompt.box.source == PromptSource.BOX:
+        box = previous.prompt.box
+    prompt = propose_from_scribbles(segmenter, emb, strokes, box=box)
+    return (replace(prompt, label=label) if label else prompt), strokes
 
 
 def apply_drawn(ws: Workstation, segmenter, drawn: DrawnPrompt) -> SliceResult:
+    if drawn.kind == "scribble":
+        session = slice_session(ws)
+        obj = ws.active_object
+        previous = obj.result(ws.slice_index) if obj is not None else None
+        prompt, strokes = scribble_prompt(ws, segmenter, segmenter.embed(session.image01), previous, drawn,
+                                          obj.label if obj is not None else "")
+        return run_prompt(ws, segmenter, prompt, strokes=strokes)
     return run_prompt(ws, segmenter, drawn_to_prompt(ws, segmenter, drawn))

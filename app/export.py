@@ -151,9 +151,8 @@ def export_dicom_seg(path: str | os.PathLike, volume: Volume, objects: list[SegO
     colors = {name: o.color for name, o in zip(masks, objects)}
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    dicom_seg.write_dicom_seg(p, volume, masks, colors=colors)
-    back = dicom_seg.read_dicom_seg(p, volume)
-    back_masks = getattr(back, "masks", back)
+    dicom_seg.write_seg(p, volume, masks, colors=colors)
+    back_masks = dicom_seg.read_seg(p, volume).masks
     dices = {}
     for name, m in masks.items():
         if name not in back_masks:
@@ -188,5 +187,8 @@ def export_all(folder: str | os.PathLike, volume: Volume, objects: tuple[SegObje
             errors.append(f"{kind}: {e}")
         except ImportError as e:
             errors.append(f"{kind}: not available in this installation ({e.name or e}).")
+        except Exception as e:  # noqa: BLE001 - one failing writer must not stop the others
+            log.error("export %s failed: %s", kind, type(e).__name__)
+            errors.append(f"{kind}: the writer failed ({type(e).__name__}: {str(e)[:200]}).")
     log.info("exported %d file(s), %d error(s)", len(done), len(errors))
     return done, errors

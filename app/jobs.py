@@ -72,24 +72,19 @@ def start_job(name: str, kind: str, fn: Callable[[Job], Any], payload: dict | No
     return job
 
 
-def embed_volume(segmenter, images: Callable[[int], Any], order: list[int], job: Job) -> int:
-    """Encode slices in `order` (the current one first, then outward) into the segmenter's cache."""
-    try:
-        from models import precompute  # issue 9's worker: disk tier, attention order, batching
-    except ImportError:
-        precompute = None
-    runner = getattr(precompute, "precompute_slices", None) if precompute is not None else None
-    if runner is not None:
-        return runner(segmenter, images, order, progress=job.progress, cancel=job.cancel)
-    for i, z in enumerate(order):
+def embed_volume(segmenter, images: Callable[[int], Any], num_slices: int, focus: int, job: Job) -> int:
+    """Encode every slice into the segmenter's cache with models.precompute's worker (the slice on
+    screen first, then outward; slices already cached on disk are reused)."""
+    from models.precompute import VolumePrecomputer
+
+    worker = VolumePrecomputer(segmenter, images, num_slices, focus=focus).start()
+    while not worker.join(0.25):
+        p = worker.progress()
+        job.progress(p.done, p.total, f"slice {p.current} ({p.reused} reused)" if p.current is not None else "")
         if job.cancel.is_set():
-            break
-        job.progress(i, len(order), f"encoding slice {z}")
-        segmenter.embed(images(z))
-    job.progress(len(order), len(order), "done")
-    return len(order)
-
-
-def outward(center: int, n: int) -> list[int]:
-    """Slice order for precomputing: the one on screen first, then alternately above and below."""
-    return sorted(range(n), key=lambda z: (abs(z - center), z < center))
+            worker.cancel()
+    p = worker.progress()
+    job.progress(p.done, p.total, "cancelled" if p.cancelled else "done")
+    if p.failed:
+        raise RuntimeError(f"{len(p.failed)} slice(s) could not be encoded: {next(iter(p.failed.values()))}")
+    return p.done

@@ -50,6 +50,7 @@ class SliceResult:
     uncertainty: float | None = None
     notes: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
+    strokes: tuple = ()  # prompting.scribbles.Scribble strokes drawn on this slice so far
 
     @property
     def area_px(self) -> int:
@@ -175,12 +176,17 @@ def redo(ws: Workstation) -> bool:
     return True
 
 
-def add_object(ws: Workstation, label: str = "") -> SegObject:
+def new_object(ws: Workstation, label: str = "") -> SegObject:
+    """A fresh object with the next id and colour, not yet in `ws.objects` (no history step)."""
     oid = ws.next_oid
-    obj = SegObject(oid=oid, label=label.strip() or f"object {oid}", color=PALETTE[(oid - 1) % len(PALETTE)])
     ws.next_oid += 1
+    return SegObject(oid=oid, label=label.strip() or f"object {oid}", color=PALETTE[(oid - 1) % len(PALETTE)])
+
+
+def add_object(ws: Workstation, label: str = "") -> SegObject:
+    obj = new_object(ws, label)
     commit(ws, ws.objects + (obj,))
-    ws.active = oid
+    ws.active = obj.oid
     return obj
 
 
@@ -199,9 +205,10 @@ def set_status(ws: Workstation, oid: int, status: Status) -> None:
 
 
 def target_object(ws: Workstation, label: str = "") -> SegObject:
-    """The object a new prompt goes to: the active one, or a new one when there is none."""
+    """The object a new prompt goes to: the active one, or a new one (added with its first result,
+    so the first prompt is one undo step, not two)."""
     obj = ws.active_object
-    return obj if obj is not None else add_object(ws, label)
+    return obj if obj is not None else new_object(ws, label)
 
 
 def store_result(ws: Workstation, obj: SegObject, z: int, result: SliceResult, label: str | None = None) -> SegObject:

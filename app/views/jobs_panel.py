@@ -7,7 +7,7 @@ import numpy as np
 import streamlit as st
 
 from .. import actions
-from ..jobs import Job, embed_volume, outward, start_job
+from ..jobs import Job, embed_volume, start_job
 from ..state import Workstation, replace_object
 from . import get_segmenter, show_error
 
@@ -23,8 +23,8 @@ def _images(ws: Workstation):
 def start_embedding(ws: Workstation) -> Job:
     seg = get_segmenter()
     images = _images(ws)
-    order = outward(ws.slice_index, ws.study.volume.num_slices)
-    return start_job("Encoding the volume", "embed", lambda job: embed_volume(seg, images, order, job))
+    n, z = ws.study.volume.num_slices, ws.slice_index
+    return start_job("Encoding the volume", "embed", lambda job: embed_volume(seg, images, n, z, job))
 
 
 def start_propagation(ws: Workstation) -> Job:

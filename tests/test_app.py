@@ -1,0 +1,293 @@
+"""The workstation driven headless by streamlit.testing.v1.AppTest, with the real LiteMedSAM model.
+
+AppTest cannot draw on the canvas, so prompts go through the typed-coordinates field that sits next
+to it (the same code path: app/prompts.py -> app/actions.py). Exports are re-read with nibabel,
+Pillow and pydicom.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app" / "main.py")
+TIMEOUT = 300  # the first prompt loads the model and encodes a slice on a busy 2-core machine
+
+# A box around the demo's left lateral ventricle/basal ganglia region (slice 20, 181x217 px).
+DEMO_BOX = "60 80 120 140"
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLINSEG_WORKLIST", str(tmp_path / "worklist.db"))  # the worklist tab's database
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def ws_of(at):
+    return at.session_state["ws"]
+
+
+def run(target):
+    """Run the script (after a widget interaction, `target` is the widget) and fail on any exception."""
+    at = target.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def open_demo(at):
+    run(at.button(key="open_demo").click())
+    ws = ws_of(at)
+    assert ws.study is not None and ws.study.kind == "demo"
+    return ws
+
+
+def set_tool(at, tool: str):
+    run(at.radio(key="tool").set_value(tool))
+
+
+def typed(at, text: str):
+    at.text_input(key="typed_coords").set_value(text)
+    return run(at.button(key="FormSubmitter:typed_prompt-Apply").click())
+
+
+def successes(at) -> list[str]:
+    return [s.value for s in at.success]
+
+
+def errors(at) -> list[str]:
+    return [e.value for e in at.error]
+
+
+# -- study -------------------------------------------------------------------------------------
+def test_start_screen_and_demo(app):
+    assert any("Open the demo study" in i.value for i in app.info)
+    ws = open_demo(app)
+    assert ws.study.volume.shape == (40, 217, 181)
+    assert ws.slice_index == 20
+    assert any("Colin27 demo" in c.value and "slice 21/40" in c.value for c in app.caption)
+    # navigation: slider, next button, window preset
+    run(app.slider(key="slice").set_value(5))
+    assert ws_of(app).slice_index == 5
+    run(app.button(key="next_slice").click())
+    assert ws_of(app).slice_index == 6
+    run(app.selectbox(key="window").set_value("full"))
+    assert ws_of(app).window == "full"
+    assert [m.value for m in app.metric][:2] == ["MR", "181×217×40"]
+
+
+def test_bad_path_and_upload_give_readable_errors(app, tmp_path):
+    app.text_input(key="path").set_value(str(tmp_path / "no_such_study.nii.gz"))
+    run(app.button(key="FormSubmitter:open_path_form-Open path").click())
+    assert any("Cannot open the study" in e and "no such file" in e for e in errors(app)), errors(app)
+    assert ws_of(app).study is None
+    # a corrupt upload: NIfTI name, garbage bytes
+    app.file_uploader(key="upload").set_value(("scan.nii.gz", b"this is not an image" * 10, "application/gzip"))
+    run(app)
+    run(app.button(key="open_upload").click())
+    msgs = errors(app)
+    assert any("Cannot open the uploaded study" in e and "scan.nii.gz" in e for e in msgs), msgs
+    assert ws_of(app).study is None
+
+
+def test_upload_opens_a_png(app):
+    from io import BytesIO
+
+    from PIL import Image
+
+    img = np.zeros((40, 60), np.uint8)
+    img[10:30, 20:45] = 200
+    buf = BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    app.file_uploader(key="upload").set_value(("cells.png", buf.getvalue(), "image/png"))
+    run(app)
+    run(app.button(key="open_upload").click())
+    ws = ws_of(app)
+    assert ws.study is not None and ws.study.volume.shape == (1, 40, 60) and ws.study.kind == "upload"
+
+
+# -- segmenting ----------------------------------------------------------------------------------
+def test_box_undo_redo_accept_and_export_round_trip(app, tmp_path):
+    import nibabel as nib
+    from PIL import Image
+
+    ws = open_demo(app)
+    typed(app, DEMO_BOX)
+    assert not errors(app), errors(app)
+    ws = ws_of(app)
+    assert len(ws.objects) == 1
+    obj = ws.objects[0]
+    mask = obj.mask(20)
+    assert mask is not None and mask.sum() > 200
+    ys, xs = np.nonzero(mask)
+    assert xs.min() >= 55 and xs.max() <= 125 and ys.min() >= 75 and ys.max() <= 145  # inside the box (+ margin)
+    assert any("Mask updated" in s for s in successes(app))
+    area = [c.value for c in app.caption if c.value.startswith("Area on slice 20")]
+    assert area and f"{mask.sum():.1f} mm²" in area[0]  # 1 mm pixels: area in mm² = pixel count
+
+    # undo removes the mask (and the object), redo brings it back
+    run(app.button(key="undo").click())
+    assert ws_of(app).objects == ()
+    run(app.button(key="redo").click())
+    assert np.array_equal(ws_of(app).objects[0].mask(20), mask)
+
+    # a second object, then reject it: rejected objects are not exported
+    app.text_input(key="new_label").set_value("second")
+    run(app.button(key="new_object").click())
+    typed(app, "100 60 160 120")
+    ws = ws_of(app)
+    assert [o.label for o in ws.objects] == ["object 1", "second"]
+    run(app.button(key=f"reject-{ws.objects[1].oid}").click())
+    run(app.button(key=f"accept-{ws.objects[0].oid}").click())
+    assert [o.status.value for o in ws_of(app).objects] == ["accepted", "rejected"]
+
+    app.text_input(key="export_folder").set_value(str(tmp_path / "out"))
+    run(app.button(key="export").click())
+    assert not errors(app), errors(app)
+    assert sum("written and verified" in s for s in successes(app)) == 2
+    nii = tmp_path / "out" / "clinseg_labels.nii.gz"
+    img = nib.load(str(nii))
+    labels = np.transpose(np.asarray(img.dataobj), (2, 1, 0))
+    assert labels.shape == (40, 217, 181)
+    assert np.allclose(img.affine, ws.study.volume.ras_affine)
+    assert np.array_equal(labels[20] == 1, mask) and labels.max() == 1 and labels.sum() == mask.sum()
+    png = np.asarray(Image.open(tmp_path / "out" / "clinseg_slice020.png"))
+    assert np.array_equal(png == 255, mask)
+
+
+def test_click_scribble_and_uncertainty(app):
+    open_demo(app)
+    # one positive click in the left putamen region: clicks become a box proposal (prompting.clicks)
+    set_tool(app, "Click +")
+    typed(app, "75 110")
+    assert not errors(app), errors(app)
+    ws = ws_of(app)
+    r = ws.objects[0].result(20)
+    assert r.area_px > 20 and r.prompt.box is not None and r.mask[110, 75]
+    # a negative click on the mask edge corrects the same object
+    set_tool(app, "Click −")
+    ys, xs = np.nonzero(r.mask)
+    typed(app, f"{xs.max()} {ys[np.argmax(xs)]}")
+    r2 = ws_of(app).objects[0].result(20)
+    assert len(r2.prompt.points) == 2 and not r2.prompt.points[1].positive
+    # scribble on a new object with the uncertainty map on
+    run(app.toggle(key="show_uncertainty").set_value(True))
+    run(app.button(key="new_object").click())
+    set_tool(app, "Scribble +")
+    typed(app, "130 95, 135 105, 138 115")
+    assert not errors(app), errors(app)
+    ws = ws_of(app)
+    assert len(ws.objects) == 2
+    r3 = ws.objects[1].result(20)
+    assert r3.area_px > 20 and len(r3.strokes) == 1
+    assert r3.uncertainty_map is not None and r3.uncertainty_map.shape == (217, 181)
+    assert 0.0 <= r3.uncertainty <= 1.0
+    assert any("uncertainty" in c.value for c in app.caption)
+
+
+def test_typed_prompt_errors_are_readable(app):
+    open_demo(app)
+    typed(app, "10 20 30")
+    assert any("a box needs 4 numbers" in e for e in errors(app)), errors(app)
+    typed(app, "500 500 600 600")
+    assert any("lies outside" in e for e in errors(app)), errors(app)
+    assert ws_of(app).objects == ()
+
+
+def test_metadata_flags_an_implausible_size(app):
+    open_demo(app)
+    tab = app.tabs[1]
+    assert tab.label == "Clinical info"
+    tab.number_input[0].set_value(5.0)  # expected size: 5 mm
+    run(app.button(key="FormSubmitter:metadata_form-Save clinical info").click())
+    assert ws_of(app).metadata["expected_size_mm"] == 5.0
+    typed(app, DEMO_BOX)
+    r = ws_of(app).objects[0].result(20)
+    assert any(f.startswith("size:") for f in r.flags), r.flags
+    assert any("Check: size" in w.value for w in app.warning)
+
+
+# -- background work ---------------------------------------------------------------------------------
+def _small_study(tmp_path) -> Path:
+    """5 slices of a bright ellipsoid: quick to encode, a known 3-D answer."""
+    import SimpleITK as sitk
+
+    zz, yy, xx = np.mgrid[:5, :64, :64]
+    blob = ((xx - 32) / 14.0) ** 2 + ((yy - 30) / 10.0) ** 2 + ((zz - 2) / 2.2) ** 2 < 1.0
+    vox = (20 + 180 * blob).astype(np.float32)
+    img = sitk.GetImageFromArray(vox)
+    img.SetSpacing((0.5, 0.5, 2.0))
+    path = tmp_path / "blob.nii.gz"
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+def test_propagation_runs_in_the_background(app, tmp_path):
+    import time
+
+    app.text_input(key="path").set_value(str(_small_study(tmp_path)))
+    run(app.button(key="FormSubmitter:open_path_form-Open path").click())
+    ws = ws_of(app)
+    assert ws.study.volume.shape == (5, 64, 64) and ws.slice_index == 2
+    typed(app, "16 18 48 42")
+    assert ws_of(app).objects[0].mask(2).sum() > 200
+    run(app.button(key="propagate").click())
+    job = ws_of(app).jobs[-1]
+    assert job.kind == "propagate"
+    # the page answers while the job runs: a rerun returns at once with a progress bar
+    t0 = time.monotonic()
+    while not job.finished and time.monotonic() - t0 < 240:
+        run(app)
+        time.sleep(1.0)
+    assert job.finished and job.error is None, job.error
+    run(app)  # applies the finished job's result
+    obj = ws_of(app).objects[0]
+    assert obj.volume_mask is not None and obj.volume_mask.shape == (5, 64, 64)
+    assert obj.volume_mask[1].any() and obj.volume_mask[3].any()  # reached the neighbouring slices
+    assert any("3-D mask" in s for s in successes(app))
+    assert obj.volume_ml(ws.study.volume) > obj.area_mm2(2, ws.study.volume) * 2.0 / 1000.0
+
+
+# -- DICOM: SEG and RTSTRUCT exports --------------------------------------------------------------
+def test_dicom_study_exports_seg_and_rtstruct(app, tmp_path):
+    import pydicom
+
+    from integrations.dicom_seg import read_seg
+    from integrations.rtstruct import read_rtstruct
+    from tests.dicom_factory import write_series
+
+    zz, yy, xx = np.mgrid[:4, :48, :64]
+    body = ((xx - 30) / 16.0) ** 2 + ((yy - 24) / 12.0) ** 2 < 1.0
+    for f in write_series(tmp_path / "ct", (1024 + np.where(body, 300, -900)).astype(np.int16)):
+        ds = pydicom.dcmread(f)  # the patient/study module attributes a DICOM-SEG copies from its source
+        for kw, v in (("PatientBirthDate", ""), ("PatientSex", "O"), ("StudyDate", "20260101"), ("StudyTime", "120000"),
+                      ("StudyID", "1"), ("AccessionNumber", ""), ("ReferringPhysicianName", ""), ("Manufacturer", "synthetic")):
+            if kw not in ds:
+                setattr(ds, kw, v)
+        ds.save_as(f)
+    app.text_input(key="path").set_value(str(tmp_path / "ct"))
+    run(app.button(key="FormSubmitter:open_path_form-Open path").click())
+    ws = ws_of(app)
+    assert ws.study is not None and ws.study.volume.dicom is not None, errors(app)
+    assert not any("PHANTOM" in c.value or "Phantom" in c.value for c in app.caption)  # no patient data shown
+    typed(app, "12 10 48 38")
+    mask = ws_of(app).objects[0].mask(ws.slice_index)
+    assert mask is not None and mask.sum() > 100
+    app.text_input(key="export_folder").set_value(str(tmp_path / "out"))
+    run(app.button(key="export").click())
+    assert not errors(app), errors(app)
+    assert sum("written and verified" in s for s in successes(app)) == 4
+    vol = ws.study.volume
+    seg_ds = pydicom.dcmread(tmp_path / "out" / "clinseg_seg.dcm")
+    assert seg_ds.Modality == "SEG"
+    back = read_seg(tmp_path / "out" / "clinseg_seg.dcm", vol).masks["object 1"]
+    assert np.array_equal(back[ws.slice_index], mask)
+    rt_ds = pydicom.dcmread(tmp_path / "out" / "clinseg_rtstruct.dcm")
+    assert rt_ds.Modality == "RTSTRUCT" and rt_ds.StructureSetROISequence[0].ROIName == "object 1"
+    rt = read_rtstruct(tmp_path / "out" / "clinseg_rtstruct.dcm", vol).masks["object 1"][ws.slice_index]
+    assert 2 * (rt & mask).sum() / (rt.sum() + mask.sum()) > 0.9
