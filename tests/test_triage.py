@@ -164,6 +164,8 @@ def test_killed_writer_leaves_database_consistent(tmp_path):
     p.wait(timeout=30)
     st.close()
     st = TriageStore(db)  # a fresh connection recovers the WAL
+    with st.engine.connect() as c:
+        assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     assert st.integrity_ok()
     after = st.get("6.1")
     assert after == before  # nothing of the killed transaction is visible
