@@ -120,6 +120,7 @@ class Workstation:
     metadata: dict = field(default_factory=dict)  # clinical metadata form values
     show_uncertainty: bool = False
     messages: list[tuple[str, str]] = field(default_factory=list)  # (level, text) shown once after a rerun
+    goto_slice: int | None = None  # set by code (not the slider): the slider moves there on the next run
     jobs: list = field(default_factory=list)  # app.jobs.Job: background work of this session
 
     # -- objects --------------------------------------------------------------------------------

@@ -291,3 +291,42 @@ def test_dicom_study_exports_seg_and_rtstruct(app, tmp_path):
     assert rt_ds.Modality == "RTSTRUCT" and rt_ds.StructureSetROISequence[0].ROIName == "object 1"
     rt = read_rtstruct(tmp_path / "out" / "clinseg_rtstruct.dcm", vol).masks["object 1"][ws.slice_index]
     assert 2 * (rt & mask).sum() / (rt.sum() + mask.sum()) > 0.9
+
+
+# -- text -----------------------------------------------------------------------------------------
+def _wait_jobs(at, timeout: float = 300.0):
+    import time
+
+    t0 = time.monotonic()
+    while any(j.running for j in ws_of(at).jobs) and time.monotonic() - t0 < timeout:
+        time.sleep(1.0)
+        run(at)
+    assert not any(j.running for j in ws_of(at).jobs), "background job did not finish"
+    return run(at)
+
+
+def test_text_query_segments_and_says_what_it_did(app):
+    open_demo(app)
+    app.text_input(key="text_query").set_value("left putamen")
+    run(app.button(key="FormSubmitter:text_query_form-Find and segment").click())
+    assert ws_of(app).jobs and ws_of(app).jobs[-1].kind == "text"
+    _wait_jobs(app)
+    ws = ws_of(app)
+    assert [o.label for o in ws.objects] == ["Putamen_L"], [s.value for s in app.warning]
+    r = ws.objects[0].result(ws.slice_index)
+    assert r.area_px > 50 and r.prompt.box is not None
+    # AAL truth on the same slice: the mask overlaps the real left putamen
+    from integrations.loaders import load_volume
+
+    aal = load_volume(ROOT / "app" / "demo" / "colin27_demo_aal.nii.gz").voxels[ws.slice_index]
+    names = (ROOT / "app" / "demo" / "colin27_demo_aal.txt").read_text().splitlines()
+    code = next(int(line.split()[0]) for line in names if line.split()[1] == "Putamen_L")
+    truth = aal == code
+    assert 2 * (truth & r.mask).sum() / (truth.sum() + r.mask.sum()) > 0.5
+    assert any("Putamen_L" in s.value and "template registration" in s.value for s in app.success)
+    # an unknown word: no mask, a readable explanation
+    app.text_input(key="text_query").set_value("flibbertigibbet")
+    run(app.button(key="FormSubmitter:text_query_form-Find and segment").click())
+    _wait_jobs(app)
+    assert len(ws_of(app).objects) == 1
+    assert any("Nothing found for 'flibbertigibbet'" in w.value for w in app.warning)

@@ -64,6 +64,11 @@ def apply_finished(ws: Workstation) -> bool:
                 ws.messages.append(("success", f"3-D mask of '{obj.label}': {result.volume_ml:.2f} mL. " + "; ".join(result.notes[:3])))
                 ws.canvas_nonce += 1
                 changed = True
+        elif job.kind == "text":
+            from .text_query import apply_text_result
+
+            apply_text_result(ws, job, result)
+            changed = True
         elif job.kind == "embed":
             ws.messages.append(("success", f"All {result} slices encoded: prompts on any slice now only decode."))
             changed = True
@@ -82,9 +87,9 @@ def _progress(ws: Workstation) -> None:
 
 
 def render_jobs(ws: Workstation) -> None:
-    st.subheader("Volume")
     if apply_finished(ws):
         st.rerun()
+    st.subheader("Volume")
     busy = any(j.running for j in ws.jobs)
     c = st.columns(2)
     if c[0].button("Encode all slices", key="embed_volume", icon=":material/memory:", disabled=busy,

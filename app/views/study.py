@@ -91,6 +91,8 @@ def render_navigation(ws: Workstation) -> None:
         if c2.button("Next", key="next_slice", shortcut="PageUp", icon=":material/arrow_upward:", width="stretch"):
             ws.slice_index = min(n - 1, ws.slice_index + 1)
             st.session_state["slice"] = ws.slice_index
+        if ws.goto_slice is not None:
+            st.session_state["slice"], ws.goto_slice = ws.goto_slice, None
         st.session_state.setdefault("slice", ws.slice_index)
         ws.slice_index = int(st.slider("Slice", 0, n - 1, key="slice", help="Arrow keys move the slider; PageUp/PageDown anywhere."))
     else:
