@@ -126,21 +126,32 @@ def draw_marks(rgb: np.ndarray, vp: Viewport, points=(), box=None) -> np.ndarray
     return out
 
 
-def apriltag_frame(rgb: np.ndarray, tag_px: int = 48, margin: int = 8, ids: tuple[int, ...] = (0, 1, 2, 3)) -> tuple[np.ndarray, tuple[int, int]]:
-    """The display image with tag36h11 markers at its four corners, on a white border.
+TAG_PX = 64  # marker size on screen: detectable by a Neon scene camera at ~60 cm
+TAG_MARGIN = 16
 
-    Returns (framed image, (offset_x, offset_y) of the image inside it), so the gaze mapping knows
-    where the image lies relative to the markers. Tag ids go clockwise from the top-left.
+
+def gaze_geometry(vp: Viewport, image_shape: tuple[int, int], tag_px: int = TAG_PX, margin: int = TAG_MARGIN):
+    """(MarkerLayout, ImageViewer) of the gaze view: the display image with tag36h11 markers around it.
+
+    Screen coordinates are the board's own pixels (the image is shown 1:1), so the eye tracker's
+    homography (integrations.screen_mapping) maps gaze straight back to slice pixels through the viewer.
     """
-    import cv2
+    from integrations.screen_mapping import ImageViewer, Rect, marker_layout
 
+    w, h = vp.display_size
+    pad = tag_px + margin
+    rect = Rect(float(pad), float(pad), float(w), float(h))
+    layout = marker_layout(rect, size_px=tag_px, margin_px=margin)
+    viewer = ImageViewer(rect, tuple(image_shape), zoom=vp.scale, pan=(float(vp.x0), float(vp.y0)))
+    return layout, viewer
+
+
+def apriltag_frame(rgb: np.ndarray, layout, viewer) -> np.ndarray:
+    """The display image pasted into the marker board (white, with the layout's AprilTags)."""
+    from integrations.screen_mapping import render_marker_board
+
+    board = np.repeat(render_marker_board(layout)[..., None], 3, axis=2)
+    x, y = int(viewer.rect.x), int(viewer.rect.y)
     h, w = rgb.shape[:2]
-    pad = tag_px + 2 * margin
-    out = np.full((h + 2 * pad, w + 2 * pad, 3), 255, np.uint8)
-    out[pad: pad + h, pad: pad + w] = rgb
-    dictionary = cv2.aruco.getPredefinedDictionary(cv2.aruco.DICT_APRILTAG_36h11)
-    corners = [(margin, margin), (w + pad + margin, margin), (w + pad + margin, h + pad + margin), (margin, h + pad + margin)]
-    for tag_id, (x, y) in zip(ids, corners):
-        tag = cv2.aruco.generateImageMarker(dictionary, int(tag_id), tag_px)
-        out[y: y + tag_px, x: x + tag_px] = tag[..., None]
-    return out, (pad, pad)
+    board[y: y + h, x: x + w] = rgb[..., :3]
+    return board

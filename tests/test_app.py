@@ -330,3 +330,66 @@ def test_text_query_segments_and_says_what_it_did(app):
     _wait_jobs(app)
     assert len(ws_of(app).objects) == 1
     assert any("Nothing found for 'flibbertigibbet'" in w.value for w in app.warning)
+
+
+# -- gaze ---------------------------------------------------------------------------------------------
+def _pupil_cloud_export(folder: Path, layout, viewer, looks: list[tuple[float, float, float, float]]) -> Path:
+    """A Pupil Cloud style export of someone reading this screen: scene video showing the marker board
+    in perspective (800x600), world timestamps, and 200 Hz gaze in scene pixels with small noise.
+    looks: (t_start s, t_end s, image x, image y) fixations; saccades/gaps between them."""
+    import cv2
+
+    from integrations.screen_mapping import render_marker_board
+
+    folder.mkdir(parents=True)
+    board = render_marker_board(layout)
+    bh, bw = board.shape
+    src = np.float32([[0, 0], [bw, 0], [bw, bh], [0, bh]])
+    dst = np.float32([[120, 70], [700, 95], [690, 560], [110, 530]])  # the screen seen a little from the side
+    H = cv2.getPerspectiveTransform(src, dst)
+    frame = cv2.warpPerspective(board, H, (800, 600), borderValue=90)
+    t0 = 1_700_000_000_000_000_000
+    writer = cv2.VideoWriter(str(folder / "scene.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (800, 600))
+    frames = 12
+    for _ in range(frames):
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    (folder / "world_timestamps.csv").write_text("timestamp [ns]\n" + "".join(f"{t0 + k * 100_000_000}\n" for k in range(frames)))
+    rng = np.random.default_rng(0)
+    rows = ["section id,recording id,timestamp [ns],gaze x [px],gaze y [px],worn,fixation id,blink id"]
+    for k in range(int(1.1 * 200)):
+        t = k / 200.0
+        look = next((lk for lk in looks if lk[0] <= t <= lk[1]), None)
+        if look is None:  # between fixations: a fast sweep across the screen
+            sx, sy = bw * (0.1 + 0.8 * ((k * 7) % 50) / 50.0), bh * 0.5
+        else:
+            sx, sy = viewer.image_to_screen(look[2], look[3])
+        p = H @ np.array([sx, sy, 1.0])
+        x, y = p[0] / p[2] + rng.normal(0, 0.5), p[1] / p[2] + rng.normal(0, 0.5)
+        rows.append(f"s,r,{t0 + int(t * 1e9)},{x:.2f},{y:.2f},1,,")
+    (folder / "gaze.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_gaze_replay_of_a_recording(app, tmp_path):
+    from app.views.gaze_panel import current_geometry
+
+    ws = open_demo(app)
+    layout, viewer, _ = current_geometry(ws)
+    # two dwells on the left putamen (slice 20: around x 67, y 127)
+    rec = _pupil_cloud_export(tmp_path / "rec", layout, viewer, [(0.1, 0.45, 66, 124), (0.6, 0.95, 69, 130)])
+    run(app.radio(key="gaze_mode").set_value("Replay a recording"))
+    app.text_input(key="gaze_recording").set_value(str(rec))
+    run(app.button(key="FormSubmitter:gaze_replay_form-Replay").click())
+    assert not errors(app), errors(app)
+    _wait_jobs(app)
+    assert not errors(app), errors(app)
+    ws = ws_of(app)
+    assert [o.label for o in ws.objects] == ["gaze"], [m.value for m in app.warning]
+    r = ws.objects[0].result(20)
+    assert r.area_px > 30 and r.mask[127, 67]
+    assert any("gaze:" in n for n in r.notes) and any("replayed recording" in n for n in r.notes)
+    # a broken recording folder: readable error at once
+    app.text_input(key="gaze_recording").set_value(str(tmp_path))
+    run(app.button(key="FormSubmitter:gaze_replay_form-Replay").click())
+    assert any("Cannot replay the recording" in e and "gaze.csv" in e for e in errors(app)), errors(app)

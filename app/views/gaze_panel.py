@@ -1,23 +1,221 @@
-"""Gaze panel: live Pupil Labs tracker, replay of a recording, or the mouse as gaze."""
+"""Gaze panel: segment by looking. Three sources, one pipeline (prompting.gaze):
+- replay a Pupil Cloud recording (integrations.gaze_recording: scene video -> AprilTag homography ->
+  slice pixels), as a background job;
+- the mouse as gaze: each click on the image is a 300 ms dwell (for demos, users without a tracker);
+- a live Pupil Labs tracker (integrations.pupil_device): connect, status, pause, stop.
+While gaze is on, the image is shown 1:1 inside a board of tag36h11 markers for the screen mapping.
+"""
 from __future__ import annotations
 
 import streamlit as st
 
+from .. import actions
+from ..jobs import Job, start_job
+from ..render import apriltag_frame, gaze_geometry
 from ..state import Workstation
+from . import get_segmenter, guarded, show_error
 
 MODES = ("Off", "Replay a recording", "Mouse as gaze", "Live tracker")
+CLICK_DWELL_S = 0.3  # a mouse click stands for a fixation this long
+MOUSE_KEY, WORKER_KEY = "gaze_mouse", "gaze_worker"
+
+
+def gaze_mode() -> str:
+    return st.session_state.get("gaze_mode", "Off")
 
 
 def gaze_active(ws: Workstation) -> bool:
-    return st.session_state.get("gaze_mode", "Off") != "Off"
+    return gaze_mode() != "Off"
+
+
+def viewing_geometry(vp):
+    from prompting.gaze import ViewingGeometry
+
+    return ViewingGeometry(zoom=vp.scale)
+
+
+def current_geometry(ws: Workstation):
+    """(layout, viewer, viewport) for the slice as it is shown now."""
+    from ..render import viewport
+
+    shape = ws.study.volume.shape[1:]
+    vp = viewport(shape, ws.zoom, ws.center)
+    layout, viewer = gaze_geometry(vp, shape)
+    return layout, viewer, vp
+
+
+# -- replay ------------------------------------------------------------------------------------------
+def start_replay(ws: Workstation, folder: str) -> Job:
+    from integrations.gaze_recording import load_recording
+
+    recording = load_recording(folder.strip())  # errors in the folder show at once, before any work
+    layout, viewer, vp = current_geometry(ws)
+    seg, image01 = get_segmenter(), actions.slice_session(ws).image01
+    geometry = viewing_geometry(vp)
+
+    def run(job: Job):
+        from integrations.gaze_recording import recorded_fixations, replay
+        from integrations.screen_mapping import GazeMapper
+        from prompting.gaze import detect_fixations, gaze_prompt
+
+        job.progress(0, 3, "mapping gaze through the scene video's markers")
+        if recording.fixations:  # Pupil Cloud's own fixations: use them (the device saw the raw signal)
+            fixations = recorded_fixations(recording, GazeMapper(layout, viewer))
+            how = "recorded fixations"
+        else:
+            samples = replay(recording, GazeMapper(layout, viewer))
+            job.progress(1, 3, "detecting fixations")
+            fixations = detect_fixations(samples, geometry)
+            how = "fixations detected in the gaze samples"
+        job.progress(2, 3, f"{len(fixations)} fixation(s) on the image; decoding")
+        emb = seg.embed(image01)
+        proposal = gaze_prompt(seg, emb, image01.shape[:2], fixations, geometry)
+        proposal.prompt = proposal.prompt.with_note(f"replayed recording: {how}")
+        job.progress(3, 3, "done")
+        return proposal
+
+    return start_job("Gaze replay", "gaze", run, {"study": id(ws.study), "slice": ws.slice_index})
+
+
+def apply_gaze(ws: Workstation, job: Job, proposal) -> None:
+    """Script thread: the proposal's mask goes on the active object (or a new 'gaze' object)."""
+    from .segment import after_prompt
+
+    if job.payload.get("study") != id(ws.study) or job.payload.get("slice") != ws.slice_index:
+        ws.messages.append(("warning", "The gaze replay finished for another slice; replay it again here."))
+        return
+    label = "" if ws.active_object is not None else "gaze"
+    after_prompt(ws, actions.store_segmentation(ws, proposal.segmentation, proposal.prompt, label=label))
+
+
+def render_replay(ws: Workstation) -> None:
+    st.caption("A Pupil Cloud 'Timeseries Data + Scene Video' export of a reading of THIS view (same slice, "
+               "zoom and markers). Gaze is mapped through the markers in the scene video.")
+    with st.form("gaze_replay_form", border=False):
+        folder = st.text_input("Recording folder", key="gaze_recording")
+        go = st.form_submit_button("Replay", icon=":material/play_arrow:")
+    if go and folder.strip():
+        try:
+            ws.jobs.append(start_replay(ws, folder))
+        except Exception as e:  # noqa: BLE001
+            show_error(e, "replay the recording")
+
+
+# -- mouse -------------------------------------------------------------------------------------------
+def mouse_session(ws: Workstation, vp):
+    """The live gaze session of this slice/view (a new one when the slice, window or zoom changed)."""
+    from integrations.gaze_recording import MouseGaze
+    from prompting.gaze import LiveGazeSession
+
+    key = (id(ws.study), ws.slice_index, ws.window, ws.zoom, ws.center)
+    cur = st.session_state.get(MOUSE_KEY)
+    if cur is None or cur["key"] != key:
+        image01 = actions.slice_session(ws).image01
+        cur = {"key": key, "mouse": MouseGaze(), "live": LiveGazeSession(get_segmenter(), image01, viewing_geometry(vp)),
+               "t": 0.0, "last_click": None}
+        st.session_state[MOUSE_KEY] = cur
+    return cur
+
+
+def mouse_click(ws: Workstation, cur: dict, xy: tuple[float, float]):
+    """One click = a CLICK_DWELL_S fixation at xy (slice px), then a short look away."""
+    t = cur["t"]
+    cur["mouse"].move(xy[0], xy[1], t)
+    cur["mouse"].move(None, None, t + CLICK_DWELL_S)
+    cur["t"] = t + CLICK_DWELL_S + 0.1
+    return cur["live"].add_samples(cur["mouse"].samples(cur["t"]))
+
+
+def render_mouse_view(ws: Workstation, board, layout, viewer, vp) -> None:
+    from streamlit_image_coordinates import streamlit_image_coordinates  # a frontend component: import here
+
+    cur = mouse_session(ws, vp)
+    value = streamlit_image_coordinates(board, key=f"gaze-mouse-{ws.canvas_nonce}", width=board.shape[1])
+    if value and value.get("unix_time") != cur["last_click"]:
+        cur["last_click"] = value.get("unix_time")
+        sx = value["x"] * board.shape[1] / max(1, value.get("width") or board.shape[1])
+        sy = value["y"] * board.shape[0] / max(1, value.get("height") or board.shape[0])
+        xy = viewer.screen_to_image(sx, sy)
+        if xy is None:
+            st.warning("That click was off the image; look (click) at the structure.")
+            return
+        with guarded("segment from the mouse gaze"):
+            update = mouse_click(ws, cur, xy)
+            if update is not None:
+                from .segment import after_prompt
+
+                label = "" if ws.active_object is not None else "gaze"
+                after_prompt(ws, actions.store_segmentation(ws, update.segmentation, update.prompt, label=label))
+                st.rerun()
+    if st.button("Not this (reject the dwell)", key="gaze_reject", icon=":material/block:"):
+        with guarded("reject the gaze dwell"):
+            update = cur["live"].reject()
+            if update is not None:
+                from .segment import after_prompt
+
+                after_prompt(ws, actions.store_segmentation(ws, update.segmentation, update.prompt))
+            st.rerun()
+
+
+# -- live tracker --------------------------------------------------------------------------------------
+@st.fragment(run_every=1.0)
+def _live_status() -> None:
+    worker = st.session_state.get(WORKER_KEY)
+    if worker is None:
+        return
+    s = worker.status()
+    c = st.columns(4)
+    c[0].metric("Connection", s.connection)
+    c[1].metric("Battery", f"{s.battery_percent} %" if s.battery_percent is not None else "–")
+    c[2].metric("Worn", {True: "yes", False: "no", None: "–"}[s.worn])
+    c[3].metric("Gaze rate", f"{s.gaze_rate_hz:.0f} Hz")
+    if s.message:
+        st.caption(s.message)
+
+
+def render_live(ws: Workstation) -> None:
+    worker = st.session_state.get(WORKER_KEY)
+    c = st.columns([3, 1])
+    address = c[0].text_input("Companion device address (phone IP)", key="gaze_address", placeholder="192.168.1.20")
+    port = c[1].number_input("Port", 1, 65535, 8080, key="gaze_port")
+    b = st.columns(3)
+    if worker is None and b[0].button("Connect", key="gaze_connect", icon=":material/link:") and address.strip():
+        with guarded("connect to the eye tracker"):
+            from integrations.pupil_device import GazeStreamWorker
+
+            st.session_state[WORKER_KEY] = GazeStreamWorker(address.strip(), int(port)).start()
+            st.rerun()
+    if worker is not None:
+        paused = worker.status().connection == "paused"
+        if b[0].button("Resume" if paused else "Pause", key="gaze_pause"):
+            worker.resume() if paused else worker.pause()
+        if b[1].button("Disconnect", key="gaze_stop", icon=":material/link_off:"):
+            worker.stop()
+            st.session_state.pop(WORKER_KEY, None)
+            st.rerun()
+        _live_status()
+        st.caption("Gaze arrives in scene-camera pixels; it is mapped to the image through the markers "
+                   "around it when scene frames are available (replay a recording of this view to segment).")
 
 
 def render_gaze_view(ws: Workstation, shown, vp) -> None:
-    from ..render import apriltag_frame
-
-    framed, _ = apriltag_frame(shown)
-    st.image(framed, caption="Gaze on: keep the four markers visible to the scene camera.")
+    """The image 1:1 inside the AprilTag board (all gaze modes)."""
+    layout, viewer = gaze_geometry(vp, ws.study.volume.shape[1:])
+    board = apriltag_frame(shown, layout, viewer)
+    if gaze_mode() == "Mouse as gaze":
+        render_mouse_view(ws, board, layout, viewer, vp)
+    else:
+        st.image(board, width=board.shape[1], caption="Gaze on: keep the markers visible to the scene camera.")
 
 
 def render_gaze_panel(ws: Workstation) -> None:
-    st.radio("Gaze source", MODES, horizontal=True, key="gaze_mode")
+    st.radio("Gaze source", MODES, horizontal=True, key="gaze_mode",
+             help="While gaze is on, the image shows inside AprilTag markers for the eye tracker's screen mapping.")
+    mode = gaze_mode()
+    if mode == "Replay a recording":
+        render_replay(ws)
+    elif mode == "Live tracker":
+        render_live(ws)
+    elif mode == "Mouse as gaze":
+        st.caption(f"Click where you look: each click counts as a {CLICK_DWELL_S * 1000:.0f} ms fixation; "
+                   "the mask follows the dwell-weighted cluster. 'Not this' turns the main dwell into a negative point.")

@@ -69,6 +69,11 @@ def apply_finished(ws: Workstation) -> bool:
 
             apply_text_result(ws, job, result)
             changed = True
+        elif job.kind == "gaze":
+            from .gaze_panel import apply_gaze
+
+            apply_gaze(ws, job, result)
+            changed = True
         elif job.kind == "embed":
             ws.messages.append(("success", f"All {result} slices encoded: prompts on any slice now only decode."))
             changed = True
