@@ -327,6 +327,13 @@ def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float((x * y).sum() / den) if den > 0 else 0.0
 
 
+def _signal(a: np.ndarray) -> np.ndarray:
+    """Where the image has data, one voxel in from any empty region (smoothing smears the edge)."""
+    from scipy import ndimage
+
+    return ndimage.binary_erosion(a > 0.02, iterations=1, border_value=1)
+
+
 def quality_to_confidence(ncc: float) -> float:
     return float(np.clip((ncc - NCC_FLOOR) / (NCC_GOOD - NCC_FLOOR), 0.0, 1.0))
 
@@ -405,7 +412,10 @@ class TemplateLocaliser:
         warped_brain = _warp(_volume_image(tpl.image, brain.astype(np.uint8)), fixed, transform, nearest=True) > 0
         import SimpleITK as sitk
 
-        ncc = _ncc(sitk.GetArrayFromImage(fixed), warped_t1, warped_brain)
+        fixed_arr = sitk.GetArrayFromImage(fixed)
+        # Only where the image has signal: a cropped or rotated scan has empty (0) corners that say
+        # nothing about the alignment.
+        ncc = _ncc(fixed_arr, warped_t1, warped_brain & _signal(fixed_arr))
         reg = Registration(warped, masks, ncc, quality_to_confidence(ncc), time.perf_counter() - t0, "3-D", None, transform)
         return self._remember(key, reg)
 
@@ -446,7 +456,8 @@ class TemplateLocaliser:
                  for k, m in tpl.masks.items()}
         brain = tpl.masks.get("brain", tpl.labels.voxels > 0)[z]
         wb = _warp(_sitk_from(brain.astype(np.uint8), tsp[:2], (0.0, 0.0), np.eye(2)), fixed, transform, True) > 0
-        ncc = _ncc(sitk.GetArrayFromImage(fixed), _warp(moving, fixed, transform, False), wb)
+        fixed_arr = sitk.GetArrayFromImage(fixed)
+        ncc = _ncc(fixed_arr, _warp(moving, fixed, transform, False), wb & _signal(fixed_arr))
         reg = Registration(warped, masks, ncc, quality_to_confidence(ncc), time.perf_counter() - t0, "2-D", int(z), transform)
         return self._remember(key, reg)
 
