@@ -107,7 +107,8 @@ def _nearest(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Distance from each point of src to the nearest point of dst (exact, k-d tree)."""
     from scipy.spatial import cKDTree
 
-    d, _ = cKDTree(dst).query(src, k=1, workers=-1)
+    # threads only pay off on large point sets; per-slice calls would spend more on thread start-up
+    d, _ = cKDTree(dst).query(src, k=1, workers=-1 if len(src) > 50_000 else 1)
     return d
 
 
@@ -174,17 +175,32 @@ def surface_dice(test, ref, spacing, tolerance_mm: float = 2.0) -> float:
     return _summaries(*surface_distances(test, ref, spacing), tolerance_mm)[3]
 
 
-def _apl_slice(test2d: np.ndarray, ref2d: np.ndarray, samp2d: tuple, tol: float) -> float:
-    eb = boundary(ref2d)
+def _slice_boundaries(m: np.ndarray) -> np.ndarray:
+    """2-D boundary of every slice of a (z, y, x) mask in one erosion (in-plane 4-neighbourhood)."""
+    from scipy import ndimage
+
+    st = np.zeros((3, 3, 3), bool)
+    st[1] = ndimage.generate_binary_structure(2, 1)
+    return m & ~ndimage.binary_erosion(m, structure=st, border_value=0)
+
+
+def _apl_from_edges(ea: np.ndarray, eb: np.ndarray, samp2d: tuple, tol: float,
+                    d_ref: np.ndarray | None = None) -> float:
+    """APL of one slice from its 2-D boundaries (test ea, reference eb); d_ref: the reference
+    boundary's distances to the test boundary when already computed."""
     n_ref = int(eb.sum())
     if n_ref == 0:
         return 0.0
     px = float(np.mean(samp2d))
-    ea = boundary(test2d)
     if not ea.any():
         return n_ref * px
-    d = _nearest(_points_mm(eb, samp2d), _points_mm(ea, samp2d))
-    return float((d > tol).sum()) * px
+    if d_ref is None:
+        d_ref = _nearest(_points_mm(eb, samp2d), _points_mm(ea, samp2d))
+    return float((d_ref > tol).sum()) * px
+
+
+def _apl_slice(test2d: np.ndarray, ref2d: np.ndarray, samp2d: tuple, tol: float) -> float:
+    return _apl_from_edges(boundary(test2d), boundary(ref2d), samp2d, tol)
 
 
 def added_path_length(test: np.ndarray, ref: np.ndarray, spacing, tolerance_mm: float = 2.0) -> float:
@@ -196,8 +212,9 @@ def added_path_length(test: np.ndarray, ref: np.ndarray, spacing, tolerance_mm: 
     if a.ndim == 2:
         return _apl_slice(a, b, samp, tolerance_mm)
     a, b = _crop(a, b)  # same distances, far fewer pixels to erode
-    zs = np.nonzero(b.reshape(b.shape[0], -1).any(1))[0]
-    return float(sum(_apl_slice(a[z], b[z], samp[1:], tolerance_mm) for z in zs))
+    ea, eb = _slice_boundaries(a), _slice_boundaries(b)
+    zs = np.nonzero(eb.reshape(eb.shape[0], -1).any(1))[0]
+    return float(sum(_apl_from_edges(ea[z], eb[z], samp[1:], tolerance_mm) for z in zs))
 
 
 def volume_ml(mask: np.ndarray, spacing) -> float:
@@ -227,12 +244,19 @@ def per_slice_metrics(test: np.ndarray, ref: np.ndarray, spacing, tolerance_mm: 
     zs = np.nonzero((a | b).reshape(a.shape[0], -1).any(1))[0]
     a, b = _crop(a, b)  # z is cropped too: index slices by position in the crop, report the real z
     z0 = int(zs[0]) - (int(zs[0]) > 0) if len(zs) else 0
+    ea_all, eb_all = _slice_boundaries(a), _slice_boundaries(b)  # one erosion for all slices
+    samp2 = sp2[::-1]
     out = []
     for z in zs:
         za = int(z) - z0
-        az, bz = a[za], b[za]
-        _, h95, msd, sd = _summaries(*surface_distances(az, bz, sp2), tolerance_mm)
+        az, bz, ea, eb = a[za], b[za], ea_all[za], eb_all[za]
+        pa, pb = _points_mm(ea, samp2), _points_mm(eb, samp2)
+        if len(pa) and len(pb):
+            dab, dba = _nearest(pa, pb), _nearest(pb, pa)
+        else:
+            dab, dba = np.full(len(pa), np.inf), np.full(len(pb), np.inf)
+        _, h95, msd, sd = _summaries(dab, dba, tolerance_mm)
         out.append(SliceMetrics(z=int(z), dice=dice(az, bz), hd95=h95, msd=msd, surface_dice=sd,
-                                apl_mm=_apl_slice(az, bz, sp2[::-1], tolerance_mm),
+                                apl_mm=_apl_from_edges(ea, eb, samp2, tolerance_mm, d_ref=dba if len(pa) else None),
                                 area_test_mm2=float(az.sum()) * px_area, area_ref_mm2=float(bz.sum()) * px_area))
     return out
