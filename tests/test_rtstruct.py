@@ -265,3 +265,27 @@ def test_revise_on_partial_series_keeps_unseen_contours(series, tmp_path):
     expect[2] = edited[0]
     assert np.array_equal(back.masks["F"], expect)
     assert back.colors["F"] == (1, 2, 3)  # the ROI keeps its colour unless a new one is given
+
+
+def test_real_breast_case_revise_and_compare(tmp_path, capsys):
+    """End to end on real data: revise BODY on the one CT slice, then `clinseg rt-compare` the two."""
+    import json
+
+    from app.cli import main
+    from bench.devdata import DICOMPYLER, install
+
+    install()
+    vol = load_volume(DICOMPYLER / "ct.0.dcm")
+    body = read_rtstruct(DICOMPYLER / "rtss.dcm", vol).masks["BODY"]
+    edited = body.copy()
+    edited[0, :, :200] = False  # the planner removed the patient's right side
+    write_rtstruct(tmp_path / "revised.dcm", vol, {"BODY": edited}, base=DICOMPYLER / "rtss.dcm")
+    assert main(["rt-compare", str(DICOMPYLER / "rtss.dcm"), str(tmp_path / "revised.dcm"),
+                 "--series", str(DICOMPYLER / "ct.0.dcm"), "--out", str(tmp_path / "rep"), "--json"]) == 0
+    captured = capsys.readouterr()
+    rows = {r["structure"]: r for r in json.loads(captured.out)}
+    assert list(rows) == ["BODY"]  # the other ROIs have no contour on this slice
+    r = rows["BODY"]
+    assert r["flagged"] and r["dice"] == pytest.approx(2 * edited.sum() / (edited.sum() + body.sum()))
+    assert r["volume_diff_pct"] < -10
+    assert "missing from the series" in captured.err
