@@ -22,6 +22,7 @@ COMMANDS = (
     "app.cli_batch",
     "app.cli_speed",
     "app.cli_text",
+    "app.cli_volume",
 )
 
 

@@ -54,11 +54,7 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
         return False
     if len(head) >= 132 and head[128:132] == b"DICM":
         return True
-    try:
-        pydicom.dcmread(str(path), stop_before_pixels=True, force=False)
-        return True
-    except Exception:
-        return False
+    return _read_without_preamble(str(path)) is not None
 
 
 def _read_header(path: str) -> pydicom.Dataset:
@@ -67,9 +63,21 @@ def _read_header(path: str) -> pydicom.Dataset:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError as e:
-        raise UnreadableFileError(f"{Path(path).name}: not a DICOM file ({e}).") from e
+        # Older files often lack the 128-byte preamble; accept them if they parse as a real dataset.
+        ds = _read_without_preamble(path)
+        if ds is None:
+            raise UnreadableFileError(f"{Path(path).name}: not a DICOM file ({e}).") from e
+        return ds
     except Exception as e:  # pydicom raises several types for damaged headers
         raise UnreadableFileError(f"{Path(path).name}: the DICOM header cannot be read ({type(e).__name__}: {e}).") from e
+
+
+def _read_without_preamble(path: str) -> pydicom.Dataset | None:
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:
+        return None
+    return ds if ("SOPClassUID" in ds or "Modality" in ds) else None
 
 
 def _check_size(ds: pydicom.Dataset, name: str, max_slice_pixels: int) -> None:
@@ -85,7 +93,7 @@ def _check_size(ds: pydicom.Dataset, name: str, max_slice_pixels: int) -> None:
 
 def _pixels(path: str, name: str) -> tuple[pydicom.Dataset, np.ndarray]:
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, force=_read_without_preamble(path) is not None)
     except Exception as e:
         raise UnreadableFileError(f"{name}: the DICOM file cannot be read ({type(e).__name__}: {e}).") from e
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -326,7 +334,9 @@ def list_series(folder: str | os.PathLike) -> dict[str, list[str]]:
             try:
                 ds = pydicom.dcmread(p, stop_before_pixels=True)
             except Exception:
-                continue  # not DICOM (README, DICOMDIR, thumbnails): skip, as viewers do
+                ds = _read_without_preamble(p)
+                if ds is None:
+                    continue  # not DICOM (README, DICOMDIR, thumbnails): skip, as viewers do
             if str(getattr(ds, "SOPClassUID", "")) in _NON_IMAGE_SOP_CLASSES or "Rows" not in ds:
                 continue
             groups[str(getattr(ds, "SeriesInstanceUID", ""))].append(p)

@@ -51,7 +51,9 @@ def load_volume(
         if p.stat().st_size == 0:
             raise EmptyFileError(f"{p.name}: the file is empty (0 bytes). Re-export or re-copy it.")
         suffix = _suffix(p)
-        if suffix in ITK_SUFFIXES:
+        if suffix in (".nii", ".nii.gz"):
+            vol = _read_nifti(p, max_slice_pixels, max_voxels)
+        elif suffix in ITK_SUFFIXES:
             vol = _read_itk(p, max_slice_pixels, max_voxels)
         elif suffix in (".tif", ".tiff"):
             vol = _read_tiff(p, max_slice_pixels, max_voxels)
@@ -126,6 +128,40 @@ def _read_itk(p: Path, max_slice_pixels: int, max_voxels: int) -> Volume:
     return Volume(voxels=vox, spacing=spacing, origin=origin, direction=direction, modality=modality, source=str(p))
 
 
+def _read_nifti(p: Path, max_slice_pixels: int, max_voxels: int) -> Volume:
+    # nibabel, not ITK: ITK's NIfTI reader silently turns NaN voxels into 0, which would hide damage.
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(p))
+    except Exception as e:
+        raise UnreadableFileError(f"{p.name}: the NIfTI header cannot be read; the file is corrupt or not NIfTI ({type(e).__name__}: {e}).") from e
+    shape = img.shape
+    if len(shape) > 3 and int(np.prod(shape[3:])) > 1:
+        raise UnsupportedFormatError(f"{p.name}: a {len(shape)}-D image {shape}; clinseg reads 2-D and 3-D images. Split the volumes first.")
+    if len(shape) >= 2 and shape[0] * shape[1] > max_slice_pixels:
+        raise ImageTooLargeError(f"{p.name}: {shape[0]}x{shape[1]} pixels per slice exceeds the limit of {max_slice_pixels}.")
+    if int(np.prod(shape)) > max_voxels:
+        raise ImageTooLargeError(f"{p.name}: {shape} exceeds the limit of {max_voxels} voxels.")
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:
+        raise TruncatedFileError(f"{p.name}: the image data cannot be read completely; the file is truncated or corrupt ({type(e).__name__}: {e}).") from e
+    if data.dtype.names:  # RGB24 NIfTI
+        data = np.stack([data[n] for n in data.dtype.names[:3]], axis=-1)
+        color = True
+    else:
+        color = False
+    data = data.reshape(shape[:3] + ((3,) if color else ())) if len(shape) >= 3 else data[:, :, None]
+    vox = np.moveaxis(data, (0, 1, 2), (2, 1, 0)).astype(np.float32)  # [x, y, z] -> [z, y, x]
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ img.affine
+    m = lps[:3, :3]
+    spacing = np.linalg.norm(m, axis=0)
+    spacing[spacing == 0] = 1.0
+    return Volume(voxels=np.ascontiguousarray(vox), spacing=tuple(spacing), origin=tuple(lps[:3, 3]),
+                  direction=m / spacing, modality="MR", source=str(p))
+
+
 def _itk_reason(e: RuntimeError) -> str:
     # ITK messages carry a long C++ source location; keep the last, human part.
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
@@ -143,26 +179,24 @@ def _grey_or_rgb(arr: np.ndarray) -> np.ndarray:
 def _read_raster(p: Path, max_slice_pixels: int) -> Volume:
     from PIL import Image, UnidentifiedImageError
 
+    # PIL's own bomb check fires at open() without the size; ours (below) says what it found.
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        img = Image.open(p)
-    except UnidentifiedImageError as e:
-        raise UnreadableFileError(f"{p.name}: not a readable {_suffix(p)} image (corrupt or another format).") from e
-    except Image.DecompressionBombError as e:
-        raise ImageTooLargeError(f"{p.name}: {e}") from e
-    w, h = img.size
-    if w * h > max_slice_pixels:
-        raise ImageTooLargeError(
-            f"{p.name}: {w}x{h} pixels exceeds the limit of {max_slice_pixels} pixels per slice. Downsample it first."
-        )
-    try:
-        old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None  # our own limit was applied above
         try:
-            img.load()
-        finally:
-            Image.MAX_IMAGE_PIXELS = old
+            img = Image.open(p)
+        except UnidentifiedImageError as e:
+            raise UnreadableFileError(f"{p.name}: not a readable {_suffix(p)} image (corrupt or another format).") from e
+        w, h = img.size
+        if w * h > max_slice_pixels:
+            raise ImageTooLargeError(
+                f"{p.name}: {w}x{h} pixels exceeds the limit of {max_slice_pixels} pixels per slice. Downsample it first."
+            )
+        img.load()
     except (OSError, SyntaxError) as e:
         raise TruncatedFileError(f"{p.name}: the image data is truncated or corrupt ({e}).") from e
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
     if img.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "1"):
         img = img.convert("RGB")
     arr = _grey_or_rgb(np.asarray(img))

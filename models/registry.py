@@ -49,9 +49,9 @@ def _build_litemedsam() -> Sam:
 
 def _build_vit(kind: str) -> Callable[[], Sam]:
     def build() -> Sam:
-        from segment_anything import build_sam
+        from segment_anything.build_sam import build_sam_vit_b, build_sam_vit_h, build_sam_vit_l
 
-        builder = {"b": build_sam.build_sam_vit_b, "l": build_sam.build_sam_vit_l, "h": build_sam.build_sam_vit_h}[kind]
+        builder = {"b": build_sam_vit_b, "l": build_sam_vit_l, "h": build_sam_vit_h}[kind]
         return builder(checkpoint=None)
 
     return build
@@ -104,8 +104,9 @@ def build_segmenter(name: str = "litemedsam", checkpoint: str | os.PathLike | No
         verify_checksum(path, LITEMEDSAM_SHA256, LITEMEDSAM_SIZE)
     if num_threads:
         torch.set_num_threads(int(num_threads))
+    state = load_state_dict(path, name)  # before building: a bad file fails fast, without a 600 MB model
     sam = spec.build()
-    load_strict(sam, load_state_dict(path, name), name, path)
+    load_strict(sam, state, name, path)
     sam.eval()
     pre = preprocessing or spec.preprocessing
     segmenter = SamSegmenter(name, sam, pre, cache=cache, version=f"{name}:{pre.describe()}")
