@@ -228,7 +228,7 @@ def test_worker_killed_mid_batch_every_study_once(tmp_path):
     from distributed import Client, LocalCluster
 
     root = tmp_path / "cohort"
-    studies = make_cohort(root, n_dicom=1, n_nifti=2, corrupt=False)
+    studies = make_cohort(root, n_dicom=1, n_nifti=2, corrupt=False, shape=(4, 64, 64))  # the object on 2 slices
     out, flag = tmp_path / "out", tmp_path / "killed.flag"
     spec = BatchSpec(targets=FG, out_dir=str(out), dicom_outputs=())
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster, \
@@ -250,3 +250,38 @@ def test_worker_killed_mid_batch_every_study_once(tmp_path):
     assert not list(out.rglob(".tmp-*"))
     # Manifest reads agree with what the runner reported.
     assert Manifest(out / MANIFEST_NAME).done_keys(["foreground"], spec.model_version(), out) == {s.key for s in discover(root)}
+
+
+def test_worklist_commits_are_idempotent_and_flag_failures(tmp_path):
+    from integrations.batch.tasks import NOT_FOUND, StudyResult, TargetResult
+    from integrations.batch.worklist import WorklistSink
+    from integrations.triage import TriageStore
+
+    sink = WorklistSink(str(tmp_path / "wl.db"))
+    ok = StudyResult("dicom:1.2.3/1.2.3.4", "dicom", "a", "litemedsam:v", OK, study_uid="1.2.3", series_uid="1.2.3.4",
+                     modality="MR", targets=[TargetResult("brain", OK, volume_ml=1200.0, size_mm=150.0, uncertainty=0.1)])
+    for _ in range(2):  # a retried or re-run commit updates, never duplicates
+        sink.commit(ok, label="dicom-abc")
+    half = StudyResult("nifti:ff", "nifti", "b", "litemedsam:v", OK,
+                       targets=[TargetResult("brain", OK, volume_ml=900.0, size_mm=120.0, uncertainty=0.05),
+                                TargetResult("Hippocampus_L", NOT_FOUND, reason="not inside this image")])
+    sink.commit(half, label="nifti-ff")
+    bad = StudyResult("nifti:ee", "nifti", "c", "litemedsam:v", FAILED, reason="x.nii.gz: truncated",
+                      targets=[TargetResult("brain", FAILED, reason="x.nii.gz: truncated")])
+    sink.commit(bad, label="nifti-ee")
+    sink.close()
+    store = TriageStore(tmp_path / "wl.db")
+    try:
+        a, b, c = store.get("1.2.3"), store.get("nifti:ff"), store.get("nifti:ee")
+        assert a.status == "auto-processed" and len(a.findings) == 1 and a.findings[0].target == "brain|1.2.3.4"
+        assert a.findings[0].volume_ml == 1200.0 and a.label == "dicom-abc"
+        assert b.status == "needs review" and [f.target for f in b.findings] == ["brain"]
+        assert c.status == "needs review" and not c.findings
+        notes = [e.detail.get("note", "") for e in store.audit("nifti:ee") if e.action == "status"]
+        assert notes and "truncated" in notes[0]
+        # A study a person reviewed is never sent back to review by a later batch run.
+        store.set_status("nifti:ee", "reviewed", actor="dr_a")
+        WorklistSink(str(tmp_path / "wl.db")).commit(bad, label="nifti-ee")
+        assert store.get("nifti:ee").status == "reviewed"
+    finally:
+        store.close()

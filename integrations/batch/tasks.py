@@ -274,10 +274,16 @@ def process_study(desc: StudyDescriptor, spec: BatchSpec, segmenter=None, locali
             if mask is not None:
                 masks[target.name] = mask
         if masks and volume.dicom is not None and spec.dicom_outputs:
-            result.dicom_outputs = _write_dicom_outputs(volume, masks, spec, study_dir, out_root)
+            try:
+                result.dicom_outputs = _write_dicom_outputs(volume, masks, spec, study_dir, out_root)
+                export_error = ""
+            except Exception as e:  # headers highdicom/rt-utils reject: the NIfTI masks stand, the study is flagged
+                export_error = f"masks written as NIfTI, but the DICOM export failed ({type(e).__name__}: {short_reason(e)})"
             for tr in result.targets:
                 if tr.status == OK:
                     tr.extra_outputs = result.dicom_outputs
+                    if export_error:
+                        tr.status, tr.reason = FAILED, export_error
     except (ClinsegInputError, ModelWeightsError) as e:
         result.status, result.reason = FAILED, str(e)
     except MemoryError:
