@@ -136,7 +136,12 @@ if "ws" not in st.session_state:
     st.session_state["ws"] = SimpleNamespace(study=SimpleNamespace(volume=load_volume({str(folder)!r})), objects=())
 rt_review.render(st.session_state["ws"])
 """
+    from integrations.triage import TriageStore
+
+    wl = TriageStore(tmp_path / "wl.db")
+    wl.add_study(vol.dicom.study_instance_uid, label="phantom")
     at = AppTest.from_string(script, default_timeout=120)
+    at.session_state["worklist_db"] = str(tmp_path / "wl.db")
     at.session_state["rt_path_a"] = str(tmp_path / "a.dcm")
     at.session_state["rt_path_b"] = str(tmp_path / "b.dcm")
     at.run()
@@ -153,3 +158,6 @@ rt_review.render(st.session_state["ws"])
     assert not at.exception
     rv = at.session_state["rt_review"]["review"]
     assert rv.decisions["F-shape"].choice == "reference" and rv.decisions["F-shape"].actor == "planner1"
+    last = wl.audit(vol.dicom.study_instance_uid)[-1]  # the decision is on the worklist's audit trail
+    assert (last.actor, last.action, last.detail["structure"], last.detail["accepted"]) == \
+        ("planner1", "edit", "F-shape", "reference")

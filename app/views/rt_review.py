@@ -129,10 +129,26 @@ def render(ws, st=None) -> None:
                       format_func=lambda o: {"reference": "A", "test": rv.test_label}.get(o, o))
     actor = c[1].text_input("Reviewer", value=os.environ.get("USER", ""), key="rt_actor")
     if c[1].button("Accept structure", key="rt_accept", disabled=not actor.strip()):
-        rv.accept(name, pick, actor.strip())
+        d = rv.accept(name, pick, actor.strip())
+        _record_on_worklist(st, rv, d)
         st.rerun()
     with c[2]:
         _export(st, rv, cmp_, state.get("colors", {}), path_a)
+
+
+def _record_on_worklist(st, rv, decision) -> None:
+    """If the study is on the triage worklist, the decision goes into its audit trail too."""
+    from app.views.worklist import DB_KEY, _store, default_db
+    from integrations.triage import TriageError
+
+    if rv.volume.dicom is None:
+        return
+    try:
+        store = _store(st, st.session_state.get(DB_KEY, default_db()))
+        store.record_edit(rv.volume.dicom.study_instance_uid, actor=decision.actor, structure=decision.structure,
+                          review="rt contour review", accepted=decision.choice)
+    except TriageError:
+        pass  # not on the worklist: the review's own decisions and report are the record
 
 
 def _show_slice(st, rv, cmp_, name: str, z: int) -> None:
