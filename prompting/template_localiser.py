@@ -347,7 +347,12 @@ def _dense(transform, grid):
     """
     import SimpleITK as sitk
 
-    field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, grid.GetSize(), grid.GetOrigin(),
+    # One coarse voxel of margin on every side: outside its grid a displacement field is zero (the
+    # identity), which would misplace labels in the outermost millimetres of the image.
+    dim = grid.GetDimension()
+    origin = grid.TransformContinuousIndexToPhysicalPoint([-1.0] * dim)
+    size = [int(n) + 2 for n in grid.GetSize()]
+    field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, size, origin,
                                               grid.GetSpacing(), grid.GetDirection())
     return sitk.DisplacementFieldTransform(field)
 
