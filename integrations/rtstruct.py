@@ -201,6 +201,9 @@ def read_rtstruct(path, volume: Volume, names: list[str] | None = None,
                 continue
             if kind == "POINT":
                 continue  # a point of interest has no area
+            if kind.startswith("OPEN"):
+                out.warnings.append(f"{name}: an {kind} contour (a line, not an outline) was not filled")
+                continue
             idx = volume.lps_to_index(data.reshape(-1, 3))
             if not np.all(np.isfinite(idx)):
                 raise RTStructError(f"{name}: contour coordinates are not finite")
