@@ -312,6 +312,7 @@ def train_adapter(segmenter, data_dir, out, config: TrainConfig | None = None, r
     config = config or TrainConfig()
     data_dir = Path(data_dir)
     out = Path(out)
+    scan_dataset(data_dir)  # a wrong folder fails here, before anything is created in it
     if cache_dir is None:
         cache_dir = data_dir / ".clinseg-embeddings"
     # Small memory tier: the samples keep their own float16 copies; the disk tier is the point.
@@ -373,7 +374,7 @@ def train_adapter(segmenter, data_dir, out, config: TrainConfig | None = None, r
                 fused = adapter(e.features.to(torch.float32)[None])
                 loss = seg_loss(decoder_logits(segmenter.sam, fused, _model_box(segmenter, e, box)), targets[i]) / len(batch)
                 loss.backward()
-                total += float(loss)
+                total += float(loss.detach())
             opt.step()
             losses.append(total)
         adapter.eval()

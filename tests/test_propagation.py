@@ -1,0 +1,144 @@
+"""Slice propagation on a synthetic ellipsoid with the real LiteMedSAM (few, small slices: CPU time)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from integrations.errors import InvalidPromptError
+from integrations.volume import Volume
+from models.propagation import PropagationConfig, propagate, stability_score
+from prompting.promptset import Point, PromptSet
+
+NZ, NY, NX = 14, 96, 96
+CZ, RZ = 7, 4.6  # the ellipsoid covers slices 3..11 (|z - 7| <= 4.6)
+TRUE_FIRST, TRUE_LAST = 3, 11
+
+
+def _ellipsoid(shape, centre, radii):
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    return sum(((g - c) / r) ** 2 for g, c, r in zip((zz, yy, xx), centre, radii)) <= 1.0
+
+
+def _box(mask2d):
+    ys, xs = np.nonzero(mask2d)
+    return xs.min(), ys.min(), xs.max(), ys.max()
+
+
+@pytest.fixture(scope="module")
+def ellipsoid_volume():
+    rng = np.random.default_rng(3)
+    truth = _ellipsoid((NZ, NY, NX), (CZ, 46, 50), (RZ, 24, 30))
+    vox = (200 + 600 * truth + rng.normal(0, 20, truth.shape)).astype(np.float32)
+    # A non-trivial geometry (LPS-flipped x/y, anisotropic spacing, offset origin) so that geometry errors show.
+    vol = Volume(vox, spacing=(0.8, 0.9, 2.5), origin=(40.0, -12.0, 7.5), direction=np.diag([-1.0, -1.0, 1.0]), modality="MR")
+    return vol, truth
+
+
+@pytest.fixture(scope="module")
+def axial_result(segmenter, ellipsoid_volume):
+    vol, truth = ellipsoid_volume
+    calls = []
+    res = propagate(segmenter, vol, {CZ: PromptSet.from_box(*_box(truth[CZ]))}, view="axial",
+                    progress=lambda done, total, msg: calls.append((done, total, msg)))
+    return res, calls
+
+
+def test_propagation_stops_at_the_object_ends(axial_result, ellipsoid_volume):
+    vol, truth = ellipsoid_volume
+    res, _ = axial_result
+    first, last = res.slice_range
+    assert TRUE_FIRST - 0 <= first <= TRUE_FIRST + 1, res.notes
+    assert TRUE_LAST - 1 <= last <= TRUE_LAST, res.notes
+    zs = np.nonzero(res.mask.reshape(NZ, -1).any(1))[0]
+    assert zs.min() >= TRUE_FIRST and zs.max() <= TRUE_LAST  # nothing segmented beyond the ends
+    # Both directions stopped because the object ended, not at the volume's edge.
+    reasons = {s.direction: s.reason for s in res.stops}
+    assert set(reasons) == {-1, 1}
+    assert all("edge of the volume" not in r for r in reasons.values()), reasons
+    inter = np.logical_and(res.mask, truth).sum()
+    assert 2 * inter / (res.mask.sum() + truth.sum()) > 0.85
+
+
+def test_volume_in_ml_and_progress(axial_result, ellipsoid_volume):
+    vol, truth = ellipsoid_volume
+    res, calls = axial_result
+    assert res.volume_ml == pytest.approx(res.mask.sum() * 0.8 * 0.9 * 2.5 / 1000)
+    assert res.volume_ml == pytest.approx(truth.sum() * vol.voxel_volume_ml, rel=0.2)
+    assert calls and [c[0] for c in calls] == list(range(1, len(calls) + 1))
+    assert all(c[1] == NZ for c in calls)
+    assert any("mL" in n for n in res.notes)
+
+
+def test_3d_output_geometry_round_trips_through_nifti(axial_result, ellipsoid_volume, tmp_path):
+    from integrations.loaders import load_volume
+    from integrations.mask_io import write_mask
+
+    vol, _ = ellipsoid_volume
+    res, _ = axial_result
+    assert np.allclose(res.as_volume().affine, vol.affine)
+    path = write_mask(tmp_path / "mask.nii.gz", vol, res.mask)
+    back = load_volume(path)
+    assert back.shape == vol.shape
+    assert np.allclose(back.affine, vol.affine, atol=1e-5)
+    assert np.array_equal(back.voxels > 0, res.mask)
+    # The same physical point is inside the mask in both.
+    z, y, x = np.argwhere(res.mask)[0]
+    lps = vol.index_to_lps([x, y, z])
+    bx, by, bz = np.rint(back.lps_to_index(lps)[0]).astype(int)
+    assert back.voxels[bz, by, bx] > 0
+
+
+def test_prompts_on_other_slices_reanchor(segmenter, axial_result, ellipsoid_volume):
+    vol, truth = ellipsoid_volume
+    # Embeddings are cached from the first run: decoding only. A second prompt on slice 9 re-anchors.
+    seeds = {5: PromptSet.from_box(*_box(truth[5])), 9: PromptSet.from_box(*_box(truth[9]))}
+    res = propagate(segmenter, vol, seeds)
+    anchors = sorted(r.index for r in res.slices if r.anchor)
+    assert anchors == [5, 9]
+    rec = {r.index: r for r in res.slices}
+    assert rec[9].box == tuple(float(v) for v in _box(truth[9]))  # the user's box, not a propagated one
+    assert all(z in rec for z in range(5, 10))
+    # A stricter configuration ends earlier: the stop rules are what decide the extent.
+    strict = propagate(segmenter, vol, {CZ: PromptSet.from_box(*_box(truth[CZ]))},
+                       config=PropagationConfig(min_area_fraction=0.85))
+    assert strict.voxel_count < axial_result[0].voxel_count
+    assert any("object ended" in s.reason for s in strict.stops)
+
+
+def test_coronal_view_maps_back_to_the_source_grid(segmenter):
+    # Few coronal slices (the y axis), so few encoder runs.
+    shape = (48, 12, 48)
+    truth = _ellipsoid(shape, (24, 6, 22), (14, 3.6, 16))
+    rng = np.random.default_rng(5)
+    vox = (100 + 500 * truth + rng.normal(0, 10, shape)).astype(np.float32)
+    vol = Volume(vox, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), modality="MR")
+    from models.volume_views import reslice
+
+    view = reslice(vol, "coronal")
+    tv = view.to_view(truth)
+    res = propagate(segmenter, vol, {6: PromptSet.from_box(*_box(tv[6]))}, view="coronal")
+    assert res.mask.shape == vol.shape and res.view == "coronal"
+    inter = np.logical_and(res.mask, truth).sum()
+    assert 2 * inter / (res.mask.sum() + truth.sum()) > 0.8
+    ys = np.nonzero(res.mask.any(axis=(0, 2)))[0]
+    assert ys.min() >= 2 and ys.max() <= 9
+
+
+def test_bad_seeds_are_refused_with_a_reason(segmenter, ellipsoid_volume):
+    vol, _ = ellipsoid_volume
+    with pytest.raises(InvalidPromptError, match="does not exist"):
+        propagate(segmenter, vol, {NZ + 3: PromptSet.from_box(10, 10, 40, 40)})
+    with pytest.raises(InvalidPromptError, match="no box"):
+        propagate(segmenter, vol, {3: PromptSet(points=(Point(20, 20),))})
+    with pytest.raises(InvalidPromptError, match="at least one slice"):
+        propagate(segmenter, vol, {})
+    with pytest.raises(Exception, match="unknown view"):
+        propagate(segmenter, vol, {3: PromptSet.from_box(10, 10, 40, 40)}, view="oblique")
+
+
+def test_stability_score():
+    sure = np.full((1, 8, 8), -10.0)
+    sure[0, 2:6, 2:6] = 10.0
+    assert stability_score(sure) == 1.0
+    unsure = np.linspace(-3, 3, 64).reshape(1, 8, 8)
+    assert stability_score(unsure) < 0.7
