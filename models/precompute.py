@@ -80,6 +80,7 @@ class VolumePrecomputer:
         self._finished = False
         self.computed_order: list[int] = []  # encoded slices in order (what the tests check)
         self.reused = 0
+        self.interrupted = 0  # slices abandoned midway because the user moved (ONNX Runtime only)
 
     @staticmethod
     def for_volume(segmenter, volume, window=None, focus: int | None = None, cache: EmbeddingCache | None = None,
@@ -215,6 +216,7 @@ class VolumePrecomputer:
                 try:
                     emb, reused = self._embed_slice(z, ro)
                 except _Interrupted:
+                    self.interrupted += 1
                     continue  # z stays pending; the new focus (or the cancel) is handled next
                 except Exception as e:  # one bad slice must not stop the volume; it is reported
                     log.warning("precompute: slice %d failed (%s)", z, type(e).__name__)

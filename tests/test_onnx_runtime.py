@@ -144,3 +144,22 @@ def test_auto_without_export_uses_torch_with_reason(segmenter, tmp_path):
     assert rep.active == "torch" and "export-onnx" in rep.reason and not rep.fell_back
     with pytest.raises(ValueError):
         attach_runtime(seg, "tensorrt")
+
+
+def test_precompute_interrupts_the_slice_in_flight_when_the_user_jumps(onnx_seg):
+    import time
+
+    from models.cache import EmbeddingCache
+    from models.precompute import VolumePrecomputer
+
+    yy, xx = np.mgrid[:48, :48]
+    imgs = [np.clip(0.2 + 0.6 * (((yy - 24) ** 2 + (xx - 10 - 7 * i) ** 2) < 81), 0, 1).astype(np.float32) for i in range(4)]
+    pre = VolumePrecomputer(onnx_seg, imgs.__getitem__, 4, focus=0, cache=EmbeddingCache()).start()
+    deadline = time.monotonic() + 60
+    while pre.progress().current != 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    emb3 = pre.embedding(3, timeout=120)  # the user jumped to slice 3 while slice 0 was encoding
+    assert pre.join(timeout=120)
+    assert pre.interrupted == 1
+    assert pre.computed_order == [3, 2, 1, 0]  # without the interrupt: [0, 3, 2, 1]
+    assert emb3.features.shape == (1, 256, 64, 64)
