@@ -58,13 +58,9 @@ def main() -> None:
     tabs = dict(zip(names, st.tabs(names)))
     with tabs["Segment"]:
         if ws.study is not None:
-            from app.views.gaze_panel import render_gaze_panel
             from app.views.segment import render_segment
 
             render_segment(ws)
-            with st.expander("Gaze", expanded=False, icon=":material/visibility:"):
-                with guarded("run the gaze panel"):
-                    render_gaze_panel(ws)
     with tabs["Clinical info"]:
         from app.views.metadata_form import render_metadata_form
 

@@ -119,7 +119,9 @@ def click_button(d, label: str, timeout: float = 60) -> None:
                 return b
         return None
 
-    wait_for(find, timeout, f"button {label!r}").click()
+    b = wait_for(find, timeout, f"button {label!r}")
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'});", b)  # not under the sticky header
+    b.click()
 
 
 def click_text(d, text: str, timeout: float = 30) -> None:
@@ -132,7 +134,9 @@ def click_text(d, text: str, timeout: float = 30) -> None:
                 return e
         return None
 
-    wait_for(find, timeout, f"text {text!r}").click()
+    e = wait_for(find, timeout, f"text {text!r}")
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'});", e)
+    e.click()
 
 
 def drawing_canvas(d):
@@ -218,61 +222,104 @@ def test_box_in_real_browser(tmp_path):
 
 
 # -- documentation screenshots (not a test) ------------------------------------------------------
-def documentation_screenshots(out: Path) -> None:
-    """One screenshot per tool for docs/app.md."""
+def _click_in_component_iframe(d, title_part: str, x: int, y: int) -> None:
+    """Click at (x, y) px of the image inside a components.v1 iframe (streamlit-image-coordinates)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    frame = wait_for(lambda: next((f for f in d.find_elements(By.TAG_NAME, "iframe")
+                                   if title_part in (f.get_attribute("title") or "")), None), 60, "component iframe")
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'});", frame)
+    d.switch_to.frame(frame)
+    try:
+        img = wait_for(lambda: d.find_element(By.TAG_NAME, "img"), 30, "image in the iframe")
+        w, h = img.size["width"], img.size["height"]
+        ActionChains(d).move_to_element_with_offset(img, int(x - w / 2), int(y - h / 2)).click().perform()
+    finally:
+        d.switch_to.default_content()
+
+
+def gaze_and_rest(d, shot) -> None:
+    click_text(d, "Mouse as gaze")
+    idle(d)
+    click_button(d, "New")
+    idle(d)
+    for x, y in ((265, 430), (272, 445), (258, 438)):
+        _click_in_component_iframe(d, "streamlit_image_coordinates", x, y)
+        idle(d)
+    shot("gaze")
+    click_text(d, "Off")
+    idle(d)
+    click_text(d, "Clinical info")
+    idle(d)
+    shot("metadata")
+    click_text(d, "Export")
+    idle(d)
+    click_button(d, "Export")
+    idle(d)
+    shot("export")
+
+
+def documentation_screenshots(out: Path, start_at: str = "") -> None:
+    """One screenshot per tool for docs/app.md (`start_at`: skip the tools before this one)."""
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     out.mkdir(parents=True, exist_ok=True)
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"clinseg-shots-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("CLINSEG_WORKLIST", str(work / "worklist.db"))
     server = Server(work / "server.log")
     d = None
+
+    def shot(name: str) -> None:
+        d.save_screenshot(str(out / f"{name}.png"))
+        print("wrote", out / f"{name}.png", flush=True)
+
+    def canvas_now():
+        idle(d)
+        return wait_for(lambda: drawing_canvas(d), 60, "canvas")
+
     try:
         server.wait_healthy()
-        d = browser(work / "profile", 1600, 1100)
+        d = browser(work / "profile", 1600, 1150)
         d.get(server.url)
         wait_for(lambda: "Open demo study" in body_text(d), 60, "the page")
         time.sleep(1)
-        d.save_screenshot(str(out / "start.png"))
+        shot("start")
         canvas = open_demo(d, server.url)
         box_on_canvas(d, canvas)
-        d.save_screenshot(str(out / "box.png"))
+        shot("box")
+        if start_at == "gaze":
+            click_text(d, "Box")
+            return gaze_and_rest(d, shot)
         click_text(d, "Click +")
-        idle(d)
-        canvas = wait_for(lambda: drawing_canvas(d), 60, "canvas")
-        from selenium.webdriver.common.action_chains import ActionChains
-
+        canvas = canvas_now()
         w, h = canvas.size["width"], canvas.size["height"]
-        ActionChains(d).move_to_element_with_offset(canvas, int(380 - w / 2), int(300 - h / 2)).click().perform()
-        wait_for(lambda: "Mask updated" in body_text(d), 240, "click result")
+        ActionChains(d).move_to_element_with_offset(canvas, int(215 - w / 2), int(370 - h / 2)).click().perform()
         idle(d)
-        d.save_screenshot(str(out / "click.png"))
+        shot("click")
+        click_button(d, "New")
         click_text(d, "Scribble +")
+        canvas = canvas_now()
+        drag(d, canvas, 370, 270, 385, 360)
         idle(d)
-        canvas = wait_for(lambda: drawing_canvas(d), 60, "canvas")
-        drag(d, canvas, 380, 380, 420, 470)
-        idle(d)
-        d.save_screenshot(str(out / "scribble.png"))
-        for e in d.find_elements(By.CSS_SELECTOR, "input[aria-label='Text query']"):
-            e.send_keys("right putamen")
+        shot("scribble")
+        click_button(d, "New")
+        d.find_element(By.CSS_SELECTOR, "input[aria-label='Text query']").send_keys("right putamen")
         click_button(d, "Find and segment")
+        wait_for(lambda: "Putamen_R" in body_text(d) or "Not segmented" in body_text(d), 300, "the text result", 2.0)
         idle(d)
-        d.save_screenshot(str(out / "text.png"))
-        click_text(d, "Gaze")
+        shot("text")
+        click_text(d, "Box")
+        click_text(d, "Uncertainty map")
+        click_button(d, "New")
+        canvas = canvas_now()
+        drag(d, canvas, 250, 120, 420, 260)
+        wait_for(lambda: "Mask updated" in body_text(d), 240, "the mask")
         idle(d)
-        click_text(d, "Mouse as gaze")
-        idle(d)
-        d.save_screenshot(str(out / "gaze.png"))
-        click_text(d, "Off")
-        idle(d)
-        click_text(d, "Clinical info")
-        idle(d)
-        d.save_screenshot(str(out / "metadata.png"))
-        click_text(d, "Export")
-        idle(d)
-        click_button(d, "Export")
-        idle(d)
-        d.save_screenshot(str(out / "export.png"))
+        shot("uncertainty")
+        gaze_and_rest(d, shot)
     finally:
         if d is not None:
             d.quit()
@@ -280,4 +327,4 @@ def documentation_screenshots(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    documentation_screenshots(Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "docs" / "img"))
+    documentation_screenshots(Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "docs" / "img"), *sys.argv[2:3])

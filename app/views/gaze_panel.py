@@ -137,7 +137,7 @@ def render_mouse_view(ws: Workstation, board, layout, viewer, vp) -> None:
         sy = value["y"] * board.shape[0] / max(1, value.get("height") or board.shape[0])
         xy = viewer.screen_to_image(sx, sy)
         if xy is None:
-            st.warning("That click was off the image; look (click) at the structure.")
+            st.warning(f"That click ({sx:.0f}, {sy:.0f}) was off the image; look (click) at the structure.")
             return
         with guarded("segment from the mouse gaze"):
             update = mouse_click(ws, cur, xy)

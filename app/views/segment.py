@@ -169,6 +169,10 @@ def render_segment(ws: Workstation) -> None:
         from .text_query import render_text_query
 
         render_text_query(ws)
+        from .gaze_panel import render_gaze_panel
+
+        with guarded("run the gaze panel"):
+            render_gaze_panel(ws)
         st.subheader("Objects")
         render_objects(ws)
         from .jobs_panel import render_jobs
