@@ -207,6 +207,7 @@ class Registration:
     mode: str  # "3-D" or "2-D"
     template_slice: int | None = None  # 2-D: the template slice that matched best
     transform: object = None  # the SimpleITK transform (image point -> template point)
+    key: str = ""  # cache key: template + image content + settings
 
 
 # ---- SimpleITK helpers --------------------------------------------------------------------------
@@ -374,6 +375,9 @@ class TemplateLocaliser:
         self.settings = settings
         self._cache: OrderedDict[str, Registration] = OrderedDict()
         self._cache_size = cache_size
+        # Per (registration, labels): the carried mask and its boxes, so a repeated or per-slice
+        # query does not rescan the whole label volume (~1 s for 181 slices).
+        self._located: OrderedDict[tuple, VolumeLocalisation] = OrderedDict()
 
     # -- registration (cached) --
     def _key(self, array: np.ndarray, geometry: tuple) -> str:
@@ -383,6 +387,7 @@ class TemplateLocaliser:
         return f"{self.template.name}:{h.hexdigest()}"
 
     def _remember(self, key: str, reg: Registration) -> Registration:
+        reg.key = key
         self._cache[key] = reg
         self._cache.move_to_end(key)
         while len(self._cache) > self._cache_size:
@@ -514,6 +519,17 @@ class TemplateLocaliser:
         """
         _label_ids(self.template, labels)  # unknown label -> TemplateError before a long registration
         reg = self.register_volume(volume)
+        memo = (reg.key, tuple(labels), min_area_px)
+        if memo in self._located:
+            self._located.move_to_end(memo)
+            return self._located[memo]
+        loc = self._localise_registered(reg, labels, min_area_px)
+        self._located[memo] = loc
+        while len(self._located) > 8 * self._cache_size:
+            self._located.popitem(last=False)
+        return loc
+
+    def _localise_registered(self, reg: Registration, labels: tuple[str, ...], min_area_px: int) -> VolumeLocalisation:
         mask = self._mask(reg, labels)
         areas = mask.reshape(mask.shape[0], -1).sum(1)
         peak = max(int(areas.max()), 1)
@@ -522,7 +538,8 @@ class TemplateLocaliser:
             c = reg.confidence * _visibility(int(areas[z]), peak)
             boxes[int(z)] = _box(mask[z], c)
             conf[int(z)] = c
-        notes = (f"template '{self.template.name}' registered in 3-D (affine + B-spline) in {reg.seconds:.1f} s, "
+        kind = "affine + B-spline" if self.settings.deformable else "affine"
+        notes = (f"template '{self.template.name}' registered in 3-D ({kind}) in {reg.seconds:.1f} s, "
                  f"NCC {reg.quality:.2f}",)
         if not boxes:
             notes += (f"{'/'.join(labels)} is not inside this image after registration",)
