@@ -330,6 +330,16 @@ def test_text_query_segments_and_says_what_it_did(app):
     _wait_jobs(app)
     assert len(ws_of(app).objects) == 1
     assert any("Nothing found for 'flibbertigibbet'" in w.value for w in app.warning)
+    # an empty object made with 'New' is filled (and named) by the next query, not left behind
+    run(app.button(key="new_object").click())
+    app.text_input(key="text_query").set_value("right putamen")
+    run(app.button(key="FormSubmitter:text_query_form-Find and segment").click())
+    _wait_jobs(app)
+    objs = ws_of(app).objects
+    assert [o.label for o in objs] == ["Putamen_L", "Putamen_R"] and objs[1].result(ws.slice_index).area_px > 50
+    xs_l = np.nonzero(objs[0].result(ws.slice_index).mask)[1].mean()
+    xs_r = np.nonzero(objs[1].result(ws.slice_index).mask)[1].mean()
+    assert abs(xs_l - xs_r) > 30  # the two sides are different places
 
 
 # -- gaze ---------------------------------------------------------------------------------------------

@@ -85,10 +85,10 @@ def render_navigation(ws: Workstation) -> None:
     n = vol.num_slices
     if n > 1:
         c1, c2 = st.columns(2)
-        if c1.button("Prev", key="prev_slice", shortcut="PageDown", icon=":material/arrow_downward:", width="stretch"):
+        if c1.button("Prev", key="prev_slice", shortcut="PageDown", width="stretch", help="Previous slice (PageDown)"):
             ws.slice_index = max(0, ws.slice_index - 1)
             st.session_state["slice"] = ws.slice_index
-        if c2.button("Next", key="next_slice", shortcut="PageUp", icon=":material/arrow_upward:", width="stretch"):
+        if c2.button("Next", key="next_slice", shortcut="PageUp", width="stretch", help="Next slice (PageUp)"):
             ws.slice_index = min(n - 1, ws.slice_index + 1)
             st.session_state["slice"] = ws.slice_index
         if ws.goto_slice is not None:

@@ -70,8 +70,10 @@ def apply_text_result(ws: Workstation, job: Job, result) -> None:
     if result.slice_index is not None and result.slice_index != ws.slice_index:
         ws.slice_index = ws.goto_slice = result.slice_index  # the slider follows on the next run
     seg = get_segmenter()
-    for prompt in result.prompts:
-        r = actions.run_prompt(ws, seg, prompt, label=prompt.label, new_object=True)
+    active = ws.active_object
+    reuse = active is not None and not active.slices and active.volume_mask is None  # an empty object: fill it
+    for i, prompt in enumerate(result.prompts):
+        r = actions.run_prompt(ws, seg, prompt, label=prompt.label, new_object=not (reuse and i == 0))
         ws.messages.append(("success", f"'{prompt.label}': {r.area_px * ws.study.volume.pixel_area_mm2:.1f} mm². "
                                        f"{prompt.notes[0] if prompt.notes else ''}"))
         ws.messages.extend(("warning", f"Check: {f}") for f in r.flags)
