@@ -236,6 +236,11 @@ def test_propagation_runs_in_the_background(app, tmp_path):
     assert ws.study.volume.shape == (5, 64, 64) and ws.slice_index == 2
     typed(app, "16 18 48 42")
     assert ws_of(app).objects[0].mask(2).sum() > 200
+    # encoding the volume runs in the background (models.precompute) and reports when done
+    run(app.button(key="embed_volume").click())
+    assert ws_of(app).jobs[-1].kind == "embed"
+    _wait_jobs(app)
+    assert any("All 5 slices encoded" in s for s in successes(app)), successes(app)
     run(app.button(key="propagate").click())
     job = ws_of(app).jobs[-1]
     assert job.kind == "propagate"
@@ -403,3 +408,30 @@ def test_gaze_replay_of_a_recording(app, tmp_path):
     app.text_input(key="gaze_recording").set_value(str(tmp_path))
     run(app.button(key="FormSubmitter:gaze_replay_form-Replay").click())
     assert any("Cannot replay the recording" in e and "gaze.csv" in e for e in errors(app)), errors(app)
+
+
+def test_live_tracker_status_from_a_fake_neon(app):
+    """The real pupil_labs client (through integrations.pupil_device) against tests/fake_neon.py."""
+    import time
+
+    from tests.fake_neon import FakeNeon
+
+    open_demo(app)
+    run(app.radio(key="gaze_mode").set_value("Live tracker"))
+    with FakeNeon(battery=64) as dev:
+        app.text_input(key="gaze_address").set_value("127.0.0.1")
+        app.number_input(key="gaze_port").set_value(dev.port)
+        run(app.button(key="gaze_connect").click())
+        assert not errors(app), errors(app)
+        metrics = {}
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 20:
+            run(app)
+            metrics = {m.label: m.value for m in app.metric}
+            if metrics.get("Connection") == "connected" and metrics.get("Gaze rate") not in (None, "0 Hz"):
+                break
+            time.sleep(0.5)
+        assert metrics.get("Connection") == "connected", metrics
+        assert metrics.get("Battery") == "64 %" and metrics.get("Worn") == "yes", metrics
+        run(app.button(key="gaze_stop").click())
+        assert "gaze_worker" not in app.session_state
