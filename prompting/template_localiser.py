@@ -501,6 +501,12 @@ class TemplateLocaliser:
         scored.sort(reverse=True)
         return [z for _, z in scored[:top]]
 
+    def _flips(self, direction: np.ndarray | None) -> tuple[bool, bool]:
+        """Whether the image's columns / rows run opposite to the template's."""
+        ix, iy = _axis_signs(np.eye(3) if direction is None else direction)
+        tx, ty = _axis_signs(self.template.image.direction)
+        return ix != tx, iy != ty
+
     # -- localisation --
     def _mask(self, reg: Registration, labels: tuple[str, ...]) -> np.ndarray:
         ids = _label_ids(self.template, labels)
@@ -551,7 +557,8 @@ class TemplateLocaliser:
         if not 0 <= z < volume.num_slices:
             raise TemplateError(f"slice {z} is outside 0..{volume.num_slices - 1}")
         if volume.num_slices < MIN_SLICES_3D:
-            sl = self.localise_image(volume.voxels[z], (volume.spacing[0], volume.spacing[1]), labels, min_area_px)
+            sl = self.localise_image(volume.voxels[z], (volume.spacing[0], volume.spacing[1]), labels, min_area_px,
+                                     direction=volume.direction)
             return SliceLocalisation(sl.labels, z, sl.box, sl.mask, sl.confidence, sl.method, sl.notes)
         loc = self.localise_volume(volume, labels, min_area_px)
         m = loc.mask[z]
@@ -563,11 +570,20 @@ class TemplateLocaliser:
         return SliceLocalisation(loc.labels, z, box, m, box.confidence if box else 0.0, loc.method, notes)
 
     def localise_image(self, image: np.ndarray, spacing: tuple[float, float], labels: tuple[str, ...],
-                       min_area_px: int = 8) -> SliceLocalisation:
-        """The box of `labels` on a lone axial (H, W) image (2-D registration against the best template slice)."""
+                       min_area_px: int = 8, direction: np.ndarray | None = None) -> SliceLocalisation:
+        """The box of `labels` on a lone axial (H, W) image (2-D registration against the best template slice).
+
+        Sides matter and a 2-D registration cannot tell a brain from its mirror image, so the image is
+        first flipped into the template's in-plane orientation using `direction` (the Volume's 3x3
+        LPS direction). Without one, the identity is assumed (the loaders' choice for PNG/JPEG/TIFF):
+        columns run towards the patient's left, i.e. the radiological display with the patient's
+        right on the image's left.
+        """
         _label_ids(self.template, labels)
-        reg = self.register_image(image, spacing)
-        m = self._mask(reg, labels)
+        flip_x, flip_y = self._flips(direction)
+        view = image[::-1 if flip_y else 1, ::-1 if flip_x else 1]
+        reg = self.register_image(np.ascontiguousarray(view), spacing)
+        m = self._mask(reg, labels)[::-1 if flip_y else 1, ::-1 if flip_x else 1]
         # Visibility relative to the structure's largest template cross-section.
         tmask = self.template.mask_for(labels)
         peak = max(int(tmask.reshape(tmask.shape[0], -1).sum(1).max()), 1)
@@ -579,6 +595,16 @@ class TemplateLocaliser:
                                      notes + (f"{'/'.join(labels)} is not on this image after registration",))
         c = reg.confidence * _visibility(area, peak)
         return SliceLocalisation(tuple(labels), None, _box(m, c), m, c, "template registration (2-D)", notes)
+
+
+def _axis_signs(direction: np.ndarray) -> tuple[float, float]:
+    """LPS sign of the column (x) and row (y) axes; an oblique or non-axial plane is refused."""
+    d = np.asarray(direction, float).reshape(3, 3)
+    cx, cy = d[:, 0], d[:, 1]
+    if abs(cx[0]) < 0.9 or abs(cy[1]) < 0.9:
+        raise TemplateError("2-D template localisation needs an axial image (rows anterior-posterior, columns "
+                            "left-right); this slice is sagittal, coronal or oblique")
+    return float(np.sign(cx[0])), float(np.sign(cy[1]))
 
 
 def _visibility(area: int, peak: int) -> float:

@@ -24,7 +24,7 @@ from integrations.volume import Volume
 from .exemplars import ExemplarLibrary
 from .promptset import Box, PromptSet, PromptSource
 from .query import ParsedQuery, QueryParser, Target
-from .template_localiser import TemplateError, TemplateLocaliser
+from .template_localiser import MIN_SLICES_3D, TemplateError, TemplateLocaliser
 
 MIN_CONFIDENCE = 0.2
 
@@ -66,7 +66,7 @@ class TextPrompter:
     def best_slice(self, text: str, volume: Volume) -> int | None:
         """Slice where the first template-localisable target is largest (for 'no slice given')."""
         q = self.parser.parse(text)
-        if self.template is None:
+        if self.template is None or volume.num_slices < MIN_SLICES_3D:  # a lone slice: nothing to choose
             return None
         for t in q.targets:
             if t.labels and self.template.template.has(t.labels):

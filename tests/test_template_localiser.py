@@ -102,9 +102,16 @@ def test_2d_registration_of_a_lone_slice(colin27):
     image = np.roll(t1.voxels[z], (6, -4), axis=(0, 1))  # a shifted axial image with no geometry
     truth = np.roll(aal.voxels[z] == 77, (6, -4), axis=(0, 1))  # Thalamus_L
     loc = TemplateLocaliser(load_template(), RegistrationSettings(grid_mm=2.0, affine_iterations=60, bspline_iterations=5))
-    sl = loc.localise_image(image, (1.0, 1.0), ("Thalamus_L",))
+    sl = loc.localise_image(image, (1.0, 1.0), ("Thalamus_L",), direction=t1.direction)
     assert sl.box is not None and sl.confidence > 0.3
     assert box_iou(box_of(truth), (sl.box.x0, sl.box.y0, sl.box.x1, sl.box.y1)) > 0.5
+    # The same slice shown the other way round (columns towards the patient's left, as a PNG is
+    # read): the patient's left thalamus is now on the image's right, and is found there.
+    mirrored = np.ascontiguousarray(image[:, ::-1])
+    sl = loc.localise_image(mirrored, (1.0, 1.0), ("Thalamus_L",), direction=np.diag([1.0, -1.0, 1.0]))
+    assert box_iou(box_of(truth[:, ::-1]), (sl.box.x0, sl.box.y0, sl.box.x1, sl.box.y1)) > 0.5
+    with pytest.raises(TemplateError, match="axial"):
+        loc.localise_image(image, (1.0, 1.0), ("Thalamus_L",), direction=np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]]))
 
 
 def test_demo_slab_template_loads_with_a_brain_mask():
