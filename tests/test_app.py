@@ -435,3 +435,25 @@ def test_live_tracker_status_from_a_fake_neon(app):
         assert metrics.get("Battery") == "64 %" and metrics.get("Worn") == "yes", metrics
         run(app.button(key="gaze_stop").click())
         assert "gaze_worker" not in app.session_state
+
+
+def test_mouse_as_gaze_clicks_become_fixations(segmenter):
+    """Each click is a 300 ms dwell: clicks -> MouseGaze samples -> fixations -> a gaze box proposal."""
+    from app.views.gaze_panel import CLICK_DWELL_S, mouse_click
+    from app.views.study import DEMO, load_study
+    from app.pipeline import SliceSession
+    from app.state import Workstation, open_study
+    from integrations.gaze_recording import MouseGaze
+    from prompting.gaze import LiveGazeSession, ViewingGeometry
+
+    ws = Workstation()
+    open_study(ws, load_study(DEMO, "demo", "demo"))
+    image01 = SliceSession.open(ws.study.volume, ws.slice_index).image01
+    cur = {"mouse": MouseGaze(), "live": LiveGazeSession(segmenter, image01, ViewingGeometry(zoom=2.76)), "t": 0.0}
+    updates = [mouse_click(ws, cur, xy) for xy in ((66, 124), (69, 130))]
+    last = [u for u in updates if u is not None][-1]
+    # two clicks 0.5 deg apart, 0.1 s between: one fixation (I-VT merges them) holding both dwells
+    assert sum(f.duration for f in last.fixations) >= 2 * CLICK_DWELL_S - 0.05
+    assert last.cluster.dwell_s >= 2 * CLICK_DWELL_S - 0.05
+    b = last.prompt.box
+    assert b.x0 <= 66 <= b.x1 and b.y0 <= 130 <= b.y1 and last.segmentation.mask.any()
