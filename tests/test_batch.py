@@ -201,6 +201,11 @@ def test_cli_batch_on_local_cluster_then_rerun_does_nothing(cohort, tmp_path, ca
     assert rc == 0
     assert all(r["commits"] == 1 for r in _rows(out)) and len(_rows(out)) == 6
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")} == mtimes
+    # --retry-failed would redo the two corrupt studies, but --only-new leaves alone what the
+    # worklist has already moved past "new" (both are "needs review" now).
+    rc = main(argv + ["--retry-failed", "--only-new"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and report["processed"] == 0 and report["already_done"] == 6
 
 
 class KillOnce(WorkerPlugin):

@@ -51,7 +51,6 @@ def write_nifti(path: str | os.PathLike, voxels: np.ndarray, spacing=(0.9, 0.9, 
 def write_dicom_series(folder: str | os.PathLike, voxels: np.ndarray, spacing=(0.8, 0.8, 2.5),
                        origin=(-25.6, -20.0, 40.0), study_uid: str | None = None, modality: str = "MR") -> list[Path]:
     """An axial single-frame series (one file per slice, written in shuffled order on purpose)."""
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 

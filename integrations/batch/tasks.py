@@ -218,29 +218,6 @@ def _write_dicom_outputs(volume: Volume, masks: dict[str, np.ndarray], spec: Bat
     return tuple(written)
 
 
-def check_gzip_complete(path: str | os.PathLike) -> None:
-    """Raise TruncatedFileError when a .gz file's stream ends early.
-
-    SimpleITK zero-fills the missing part of a cut-short .nii.gz without an error (checked with
-    SimpleITK 2.x): a half-copied scan would be segmented as if it were whole. Unattended batches
-    meet interrupted copies, so the stream is checked before loading.
-    """
-    import gzip
-    import zlib
-
-    from integrations.errors import TruncatedFileError
-
-    if not str(path).lower().endswith(".gz"):
-        return
-    try:
-        with gzip.open(path, "rb") as f:
-            while f.read(1 << 22):
-                pass
-    except (EOFError, OSError, zlib.error) as e:
-        raise TruncatedFileError(f"{Path(path).name}: the compressed data is incomplete or damaged ({e}); "
-                                 "the file was cut short (an interrupted copy?). Copy it again.") from e
-
-
 def process_study(desc: StudyDescriptor, spec: BatchSpec, segmenter=None, localisers: Localisers | None = None) -> StudyResult:
     """Run one study. Never raises for bad input: the reason goes into the result.
 
@@ -252,11 +229,10 @@ def process_study(desc: StudyDescriptor, spec: BatchSpec, segmenter=None, locali
     result = StudyResult(desc.key, desc.kind, desc.relpath, spec.model_version(), OK, worker=worker,
                          study_uid=desc.study_uid or "", series_uid=desc.series_uid or "")
     try:
-        if segmenter is None or localisers is None:
+        if segmenter is None:
             plugin = _plugin_on_worker()
-            segmenter, localisers = plugin.get(), plugin.localisers()
-        if desc.kind == "nifti":
-            check_gzip_complete(desc.path)
+            segmenter, localisers = plugin.get(), localisers or plugin.localisers()
+        localisers = localisers or Localisers(spec.template, spec.window)
         volume = load_volume(desc.path, series_uid=desc.series_uid)
         result.shape_zyx, result.modality = volume.shape, volume.modality
         if volume.is_color:
