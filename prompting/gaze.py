@@ -5,11 +5,12 @@ does scene camera -> screen -> image). Angles matter more than pixels for eye mo
 threshold is in degrees of visual angle and converted through `ViewingGeometry` (viewing distance,
 screen pixel pitch, display zoom): the same 1 deg covers 4x more image pixels at zoom 1 than at 4.
 
-LiteMedSAM was trained on boxes only (DESIGN.md), so fixations are turned into a BOX: candidate boxes
-around the dominant cluster are decoded against the cached embedding and scored by how well the mask
-explains the fixations; the winner's own bounding box is decoded once more. Fixation points ride
-along in the PromptSet as positive GAZE points (and rejected dwells as negative ones) for segmenters
-that use points; whether they are passed to the decoder is a config choice measured in bench/gaze.py.
+LiteMedSAM was trained on boxes only (DESIGN.md), so fixations are turned into a BOX: the dominant
+cluster (largest total dwell) loses its outliers (a glance at a neighbour), its spread, corrected for
+the expected gaze error, sizes a set of candidate boxes that are decoded in one batch against the
+cached embedding, and the candidate masks vote. Fixation points ride along in the PromptSet as
+positive GAZE points (and rejected dwells as negative ones) for segmenters that use points; whether
+they reach the decoder is a config choice (off: LiteMedSAM is box-trained).
 The segmenter is passed in (no import of models/ here).
 """
 from __future__ import annotations
@@ -273,22 +274,28 @@ def cluster_fixations(fixations: Sequence[Fixation], radius_px: float) -> list[F
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GazePromptConfig:
-    cluster_radius_deg: float = 3.0
-    reject_radius_deg: float = 1.5  # fixations this close to a rejected dwell are ignored
-    scales: tuple[float, ...] = (1.0, 1.6, 2.5, 4.0, 6.4, 10.0)  # candidate box half-sizes x base
-    min_half_px: float = 4.0
-    refine: bool = True  # decode once more with the winning mask's own bounding box
-    points_to_decoder: bool = False  # LiteMedSAM is box-trained; points measured to hurt (bench/gaze.py)
+    cluster_radius_deg: float = 6.0  # centroid linkage; large: one big structure gets many far-apart looks
+    outlier_factor: float = 2.5  # in the dominant cluster, drop fixations > factor x median distance...
+    outlier_min_deg: float = 2.0  # ...and farther than this from the dwell-weighted median
+    gaze_accuracy_deg: float = 0.5  # expected gaze error: removed from the fixations' spread
+    # Box half-size = k x the fixations' (error-corrected) spread, per axis and isotropic; every
+    # candidate is decoded in one batch and the masks vote. k measured in bench/gaze.py: fixations
+    # drawn towards a structure's middle cover only its core.
+    scales: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0, 8.0)
+    min_half_deg: float = 1.0  # no box smaller than the gaze error itself
+    vote: float = 0.5  # a pixel is in the mask when at least this fraction of candidates agree
+    points_to_decoder: bool = False  # LiteMedSAM is box-trained; points only travel in the PromptSet
     min_dwell_s: float = 0.1
+    reject_radius_deg: float = 1.5  # fixations this close to a rejected dwell are ignored
 
 
 @dataclass
 class GazeProposal:
     prompt: PromptSet
     cluster: FixationCluster
-    score: float
+    score: float  # agreement between the candidate masks (mean IoU with the vote), 0..1
     candidates: int  # how many boxes were decoded
-    segmentation: object = None  # the winning decode (same prompt as decoder_prompt(prompt))
+    segmentation: object = None  # the voted mask in a Segmentation (from the candidate closest to it)
 
 
 def _cluster_points(cluster: FixationCluster, rejected: Sequence[Point], shape) -> tuple[Point, ...]:
@@ -309,78 +316,78 @@ def _box_around(cx, cy, hx, hy, shape) -> Box | None:
     return Box(x0, y0, x1, y1, PromptSource.GAZE, 1.0)
 
 
-def _score(mask: np.ndarray, predicted_iou: float, box: Box, cluster: FixationCluster,
-           rejected: Sequence[Point]) -> float:
-    """How well a candidate mask explains the gaze: dwell inside the mask, not clipped by its box,
-    no rejected dwell inside, decoder confident."""
-    if not mask.any():
-        return -1.0
-    h, w = mask.shape
-    inside = 0.0
-    for f in cluster.fixations:
-        xi, yi = int(round(min(max(f.x, 0), w - 1))), int(round(min(max(f.y, 0), h - 1)))
-        # a 3x3 neighbourhood: a fixation on the boundary still counts
-        if mask[max(0, yi - 1):yi + 2, max(0, xi - 1):xi + 2].any():
-            inside += f.duration
-    frac_in = inside / max(cluster.dwell_s, 1e-9)
-    # A mask that runs along its box's edges was cut by the box: the box is too small.
-    x0, y0, x1, y1 = (int(round(v)) for v in (box.x0, box.y0, box.x1, box.y1))
-    edge = np.concatenate([mask[y0, x0:x1 + 1], mask[y1, x0:x1 + 1], mask[y0:y1 + 1, x0], mask[y0:y1 + 1, x1]])
-    # edges on the image border are not cuts
-    border = np.concatenate([np.full(x1 - x0 + 1, y0 == 0), np.full(x1 - x0 + 1, y1 == h - 1),
-                             np.full(y1 - y0 + 1, x0 == 0), np.full(y1 - y0 + 1, x1 == w - 1)])
-    cut = float(edge[~border].mean()) if (~border).any() else 0.0
-    neg = sum(1 for p in rejected if mask[int(round(p.y)), int(round(p.x))])
-    return float(frac_in * (1.0 - cut) * max(predicted_iou, 0.05) * (0.3 ** neg))
+def robust_core(cluster: FixationCluster, geometry: ViewingGeometry,
+                config: GazePromptConfig = GazePromptConfig()) -> FixationCluster:
+    """The cluster without fixations far from its dwell-weighted median (a glance at a neighbour)."""
+    if len(cluster.fixations) < 3:
+        return cluster
+    P = np.array([[f.x, f.y] for f in cluster.fixations])
+    med = np.median(P, axis=0)
+    d = np.hypot(*(P - med).T)
+    keep = d <= max(config.outlier_factor * float(np.median(d)), geometry.deg_to_px(config.outlier_min_deg))
+    return _make_cluster([f for f, k in zip(cluster.fixations, keep) if k]) if keep.any() else cluster
+
+
+def candidate_boxes(cluster: FixationCluster, shape: tuple[int, int], geometry: ViewingGeometry,
+                    config: GazePromptConfig = GazePromptConfig()) -> list[Box]:
+    w = np.array([max(f.duration, 1e-3) for f in cluster.fixations])
+    P = np.array([[f.x, f.y] for f in cluster.fixations])
+    c = (P * w[:, None]).sum(0) / w.sum()
+    var = ((P - c) ** 2 * w[:, None]).sum(0) / w.sum()
+    err2 = geometry.deg_to_px(config.gaze_accuracy_deg) ** 2
+    sd_axis = np.sqrt(np.maximum(var - err2, 0.0))
+    sd_iso = float(np.sqrt(max(var.sum() / 2 - err2, 0.0)))
+    floor = geometry.deg_to_px(config.min_half_deg)
+    boxes: list[Box] = []
+    for k in config.scales:
+        for sx, sy in ((sd_axis[0], sd_axis[1]), (sd_iso, sd_iso)):
+            b = _box_around(c[0], c[1], max(k * sx, floor), max(k * sy, floor), shape)
+            if b is not None and b not in boxes:
+                boxes.append(b)
+    return boxes
 
 
 def propose_box(segmenter, embedding, shape: tuple[int, int], cluster: FixationCluster,
                 rejected: Sequence[Point] = (), config: GazePromptConfig = GazePromptConfig(),
                 geometry: ViewingGeometry | None = None) -> GazeProposal:
-    """Candidate boxes around the cluster (several sizes, decoded in one batch), best by `_score`,
-    then (config.refine) the winner's mask bounding box decoded once more."""
-    h, w = shape
-    xs = np.array([f.x for f in cluster.fixations])
-    ys = np.array([f.y for f in cluster.fixations])
-    # the fixations' own extent is a lower bound on the structure's extent
-    ext_x = float(xs.max() - xs.min()) / 2 if len(xs) > 1 else 0.0
-    ext_y = float(ys.max() - ys.min()) / 2 if len(ys) > 1 else 0.0
-    base = max(config.min_half_px, cluster.spread_px, ext_x, ext_y)
-    if geometry is not None:  # gaze is uncertain by ~1 deg: no box smaller than that
-        base = max(base, geometry.deg_to_px(1.0))
-    cx, cy = cluster.x, cluster.y
-    boxes = []
-    for s in config.scales:
-        b = _box_around(cx, cy, max(base * s, ext_x + 2), max(base * s, ext_y + 2), shape)
-        if b is not None and b not in boxes:
-            boxes.append(b)
-        if b is not None and b.x0 <= 0 and b.y0 <= 0 and b.x1 >= w - 1 and b.y1 >= h - 1:
-            break  # already the whole image
+    """Boxes sized from the fixations' spread, decoded in one batch; the masks vote.
+
+    Returns the voted mask's bounding box as the prompt's box (so the PromptSet alone reproduces a
+    close mask) and, as the segmentation, the candidate mask closest to the vote with the voted mask.
+    """
+    geometry = geometry or ViewingGeometry()
+    core = robust_core(cluster, geometry, config)
+    boxes = candidate_boxes(core, shape, geometry, config)
     if not boxes:
         raise InvalidPromptError("the gaze cluster gives no usable box (image too small?).")
-    points = _cluster_points(cluster, rejected, shape)
+    points = _cluster_points(core, rejected, shape)
     dec_points = points if config.points_to_decoder else ()
-    prompts = [PromptSet(points=dec_points, box=b) for b in boxes]
-    segs = segmenter.decode_batch(embedding, prompts)
-    scores = [_score(s.mask, s.predicted_iou, b, cluster, rejected) for s, b in zip(segs, boxes)]
-    k = int(np.argmax(scores))
-    best_box, best_score, best_seg, n = boxes[k], scores[k], segs[k], len(boxes)
-    if config.refine and segs[k].mask.any():
-        ys_m, xs_m = np.nonzero(segs[k].mask)
-        rb = Box(float(xs_m.min()), float(ys_m.min()), float(xs_m.max()), float(ys_m.max()), PromptSource.GAZE, 1.0)
-        if rb.width >= 1 and rb.height >= 1:
-            rs = segmenter.decode(embedding, PromptSet(points=dec_points, box=rb))
-            n += 1
-            # the tight box touches its own mask by construction; judge it without the edge term
-            r_score = _score(rs.mask, rs.predicted_iou, _box_around(w / 2, h / 2, w, h, shape), cluster, rejected)
-            if r_score >= 0.9 * best_score:
-                best_box, best_score, best_seg = rb, r_score, rs
-    conf = float(np.clip(best_score, 0.0, 1.0))
-    prompt = PromptSet(points=points, box=replace(best_box, confidence=conf), label="gaze").with_note(
-        f"gaze: {len(cluster.fixations)} fixations, {cluster.dwell_s * 1000:.0f} ms dwell at "
-        f"({cluster.x:.0f}, {cluster.y:.0f}); box chosen from {n} decoded candidates"
+    segs = segmenter.decode_batch(embedding, [PromptSet(points=dec_points, box=b) for b in boxes])
+    masks = np.stack([s.mask for s in segs])
+    # A candidate that covers a rejected dwell is out of the vote: the user said "not that".
+    ok = np.array([not any(m[int(round(p.y)), int(round(p.x))] for p in rejected) for m in masks])
+    if not ok.any():
+        ok[:] = True
+    vote = masks[ok].mean(0) >= config.vote
+    inter = (masks & vote).reshape(len(masks), -1).sum(1)
+    union = (masks | vote).reshape(len(masks), -1).sum(1)
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    iou[~ok] = -1
+    k = int(np.argmax(iou))
+    agreement = float(np.mean(iou[ok]))
+    best = segs[k]
+    if vote.any():
+        ys, xs = np.nonzero(vote)
+        box = Box(float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()), PromptSource.GAZE,
+                  float(np.clip(agreement, 0, 1)))
+        best.mask = vote
+    else:
+        box = replace(boxes[k], confidence=0.0)
+    prompt = PromptSet(points=points, box=box, label="gaze").with_note(
+        f"gaze: {len(core.fixations)} of {len(cluster.fixations)} fixations ({core.dwell_s * 1000:.0f} ms dwell) "
+        f"around ({core.x:.0f}, {core.y:.0f}); {len(boxes)} candidate boxes voted (agreement {agreement:.2f})"
         + (f"; {len(rejected)} rejected dwell(s) as negative points" if rejected else ""))
-    return GazeProposal(prompt, cluster, best_score, n, best_seg)
+    return GazeProposal(prompt, core, agreement, len(boxes), best)
 
 
 def decoder_prompt(prompt: PromptSet, config: GazePromptConfig = GazePromptConfig()) -> PromptSet:
@@ -437,6 +444,7 @@ class LiveGazeSession:
         self._samples: list[GazeSample] = []
         self._device_fixations: list[Fixation] = []
         self._rejected: list[Point] = []
+        self._rejected_spans: list[tuple[float, float]] = []
         self._last_key: tuple | None = None
         self.last: GazeUpdate | None = None
 
@@ -458,6 +466,8 @@ class LiveGazeSession:
             if self.last is None:
                 raise InvalidPromptError("nothing to reject yet: no gaze proposal has been made.")
             x, y = self.last.cluster.x, self.last.cluster.y
+            # the whole dwell goes, not only the fixations near its centre
+            self._rejected_spans.extend((f.t_start, f.t_end) for f in self.last.cluster.fixations)
         h, w = self.shape
         self._rejected.append(Point(float(np.clip(x, 0, w - 1)), float(np.clip(y, 0, h - 1)), False, PromptSource.GAZE))
         self._last_key = None
@@ -467,6 +477,7 @@ class LiveGazeSession:
         self._samples.clear()
         self._device_fixations.clear()
         self._rejected.clear()
+        self._rejected_spans.clear()
         self._last_key = None
         self.last = None
 
@@ -482,7 +493,8 @@ class LiveGazeSession:
     def update(self) -> GazeUpdate | None:
         t0 = time.perf_counter()
         fx = fixations_on_image(self.fixations(), self.shape)
-        fx = [f for f in fx if f.duration >= self.prompt_config.min_dwell_s - 1e-9]
+        fx = [f for f in fx if f.duration >= self.prompt_config.min_dwell_s - 1e-9
+              and not any(f.t_start <= e and s <= f.t_end for s, e in self._rejected_spans)]
         # re-decode only when the fixation set (rounded) changed: a growing fixation moves its end
         # time every sample, its centroid barely
         key = tuple((round(f.x), round(f.y), round(f.duration, 1)) for f in fx) + (len(self._rejected),)

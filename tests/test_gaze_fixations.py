@@ -1,0 +1,139 @@
+"""Fixation detection, clustering and gaze prompts on synthetic sequences with known fixations."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.simulated_gaze import bench_geometry, simulate_gaze
+from integrations.errors import InvalidPromptError
+from prompting.gaze import (Fixation, FixationConfig, GazePromptConfig, GazeSample, LiveGazeSession, ViewingGeometry,
+                            cluster_fixations, detect_fixations, gaze_prompt, robust_core)
+
+GEOM = ViewingGeometry(600.0, 0.27, 4.0)  # ~9.7 image px per degree
+RATE = 200.0
+
+
+def _sequence(fixations, rng, jitter_deg=0.05, saccade_s=0.03):
+    """Samples for [(x, y, duration)] with linear saccades between them."""
+    px = GEOM.image_px_per_deg
+    out, t, prev = [], 0.0, None
+    for x, y, dur in fixations:
+        if prev is not None:
+            n = int(saccade_s * RATE)
+            for a in np.arange(1, n + 1) / (n + 1):
+                out.append(GazeSample(t, prev[0] + a * (x - prev[0]), prev[1] + a * (y - prev[1])))
+                t += 1 / RATE
+        for _ in range(int(round(dur * RATE))):
+            j = rng.normal(0, jitter_deg * px, 2)
+            out.append(GazeSample(t, x + j[0], y + j[1]))
+            t += 1 / RATE
+        prev = (x, y)
+    return out
+
+
+KNOWN = [(40.0, 50.0, 0.30), (120.0, 60.0, 0.25), (80.0, 140.0, 0.40), (82.0, 30.0, 0.15)]
+
+
+def test_geometry_degrees():
+    g = ViewingGeometry(600.0, 0.27, 1.0)
+    assert abs(g.deg_per_image_px - 0.02578) < 1e-4  # 0.27 mm at 60 cm
+    assert abs(GEOM.image_px_per_deg * 4 - g.image_px_per_deg) < 1e-3  # 4x zoom: 4x fewer image px per degree
+    with pytest.raises(InvalidPromptError):
+        ViewingGeometry(0, 0.27, 1)
+
+
+@pytest.mark.parametrize("method", ["ivt", "idt"])
+def test_known_fixations_found(method):
+    samples = _sequence(KNOWN, np.random.default_rng(0))
+    fx = detect_fixations(samples, GEOM, FixationConfig(method=method))
+    assert len(fx) == len(KNOWN), [(round(f.x), round(f.y), round(f.duration, 2)) for f in fx]
+    for f, (x, y, dur) in zip(fx, KNOWN):
+        assert np.hypot(f.x - x, f.y - y) < 1.0
+        assert abs(f.duration - dur) < 0.04
+        assert f.source == method
+
+
+def test_thresholds_are_in_degrees():
+    # the same eye movement at zoom 1 covers 4x fewer image pixels: thresholds follow
+    samples = _sequence([(40, 50, 0.3), (41.5, 50, 0.3)], np.random.default_rng(1), jitter_deg=0.002, saccade_s=0.0)
+    # 1.5 px apart at zoom 4 = 0.15 deg: one fixation for I-DT at 1 deg
+    assert len(detect_fixations(samples, GEOM, FixationConfig(method="idt"))) == 1
+    small = FixationConfig(method="idt", dispersion_deg=0.1)
+    assert len(detect_fixations(samples, GEOM, small)) == 2
+
+
+def test_short_dwell_and_unusable_samples_dropped():
+    rng = np.random.default_rng(2)
+    samples = _sequence([(40, 50, 0.06), (120, 60, 0.3)], rng)  # 60 ms is a glance, not a fixation
+    fx = detect_fixations(samples, GEOM, FixationConfig())
+    assert len(fx) == 1 and abs(fx[0].x - 120) < 1
+    # the same fixation with the glasses off / blinking / off-image: nothing
+    for flag in ({"worn": False}, {"blink": True}, {"on_image": False}):
+        bad = [GazeSample(s.t, s.x, s.y, **flag) for s in samples]
+        assert detect_fixations(bad, GEOM, FixationConfig()) == []
+    # a 100 ms blink inside a fixation does not make two (merged across the gap)
+    held = _sequence([(80, 80, 0.6)], rng)
+    blinked = [GazeSample(s.t, s.x, s.y, blink=0.2 <= s.t < 0.3) for s in held]
+    fx = detect_fixations(blinked, GEOM, FixationConfig())
+    assert len(fx) == 1 and fx[0].duration > 0.55
+    with pytest.raises(InvalidPromptError, match="time order"):
+        detect_fixations(samples[::-1], GEOM)
+
+
+def test_dwell_weighted_clustering():
+    f = lambda x, y, d: Fixation(0, d, x, y, int(d * 200))  # noqa: E731
+    fx = [f(50, 50, 0.2), f(54, 52, 0.6), f(52, 47, 0.3), f(150, 150, 0.5)]
+    cl = cluster_fixations(fx, radius_px=GEOM.deg_to_px(3.0))
+    assert len(cl) == 2
+    assert len(cl[0].fixations) == 3 and abs(cl[0].dwell_s - 1.1) < 1e-9
+    # the centroid leans towards the long fixation
+    assert cl[0].x > np.mean([50, 54, 52])
+    # an outlier inside a cluster is dropped from its core
+    wide = cluster_fixations(fx[:3] + [f(75, 50, 0.2)], radius_px=GEOM.deg_to_px(6.0))[0]
+    assert len(wide.fixations) == 4 and len(robust_core(wide, GEOM).fixations) == 3
+
+
+def test_gaze_prompt_segments_the_looked_at_disc(segmenter, disc_image):
+    image, mask = disc_image
+    emb = segmenter.embed(image)
+    sim = simulate_gaze(mask, GEOM, np.random.default_rng(4), sigma_deg=0.5)
+    fx = detect_fixations(sim.samples, GEOM)
+    prop = gaze_prompt(segmenter, emb, mask.shape, fx, GEOM)
+    m = prop.segmentation.mask
+    assert 2 * (m & mask).sum() / (m.sum() + mask.sum()) > 0.85
+    assert prop.prompt.box is not None and prop.prompt.box.source.value == "gaze"
+    assert all(p.positive and p.source.value == "gaze" for p in prop.prompt.points)
+    prop.prompt.validate(mask.shape)
+    with pytest.raises(InvalidPromptError, match="no fixation"):
+        gaze_prompt(segmenter, emb, mask.shape, [], GEOM)
+
+
+def test_live_session_updates_and_rejection(segmenter, disc_image):
+    image, mask = disc_image
+    live = LiveGazeSession(segmenter, image, GEOM)
+    # look at the background first, then at the disc for longer
+    samples = _sequence([(200.0, 30.0, 0.5), (105.0, 85.0, 0.3), (138.0, 112.0, 0.4), (112.0, 122.0, 0.3), (130.0, 80.0, 0.2)],
+                        np.random.default_rng(5))
+    ups = [u for i in range(0, len(samples), 10) if (u := live.add_samples(samples[i:i + 10])) is not None]
+    assert len(ups) >= 2 and ups[-1] is live.last
+    m = live.last.segmentation.mask
+    assert 2 * (m & mask).sum() / (m.sum() + mask.sum()) > 0.8
+    assert live.add_samples([]) is None  # nothing new: no re-decode
+    # the user rejects the current dwell: it becomes a negative point, the rest is re-clustered
+    up = live.reject()
+    assert live.rejected and not live.rejected[0].positive
+    assert up is not None and any(not p.positive for p in up.prompt.points)
+    assert np.hypot(up.cluster.x - 200, up.cluster.y - 30) < 5  # only the background dwell is left
+    live.reset()
+    assert live.last is None and live.rejected == ()
+
+
+def test_simulated_gaze_is_seeded():
+    m = np.zeros((100, 100), bool)
+    m[30:70, 30:70] = True
+    a = simulate_gaze(m, bench_geometry(), np.random.default_rng(9))
+    b = simulate_gaze(m, bench_geometry(), np.random.default_rng(9))
+    assert a.samples == b.samples
+    lost = sum(not s.usable for s in a.samples) / len(a.samples)
+    assert 0.03 <= lost <= 0.07
+    assert sum(not f.on_target for f in a.fixations) == 1 and 3 <= sum(f.on_target for f in a.fixations) <= 6
