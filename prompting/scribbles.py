@@ -1,0 +1,252 @@
+"""Scribbles -> prompts: foreground strokes say "this is it", background strokes say "not this".
+
+A stroke is a polyline with a width, in slice pixels. Foreground strokes give
+- an enclosing box (the strokes lie INSIDE the structure, so the box is grown past them; the right
+  growth is chosen like a click's box: several margins decoded in one batch, scored by agreement
+  with the strokes),
+- positive points sampled along the strokes,
+- a dense mask prompt (the rasterised strokes as low-res logits in the model frame).
+Background strokes become negative points, and boxes that would cover them are cut or penalised.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from integrations.errors import InvalidPromptError
+
+from .clicks import ClickConfig, _clip_box, _dedupe, score_boxes
+from .promptset import Box, Point, PromptSet, PromptSource
+
+
+@dataclass(frozen=True)
+class Scribble:
+    points: np.ndarray  # (N, 2) float (x, y) vertices of the polyline
+    width: float = 3.0  # stroke width in pixels
+    positive: bool = True  # foreground (True) or background (False)
+    source: PromptSource = PromptSource.SCRIBBLE
+
+    @staticmethod
+    def of(xy: Sequence[Sequence[float]], width: float = 3.0, positive: bool = True) -> "Scribble":
+        return Scribble(np.asarray(xy, np.float32).reshape(-1, 2), float(width), positive)
+
+    @property
+    def kind(self) -> str:
+        return "foreground" if self.positive else "background"
+
+
+def check_scribble(s: Scribble, image_shape: tuple[int, int]) -> None:
+    """Reject strokes no model can use: empty, NaN, zero/negative width, entirely outside the image."""
+    h, w = image_shape
+    pts = np.asarray(s.points, np.float64).reshape(-1, 2)
+    if len(pts) == 0:
+        raise InvalidPromptError(f"the {s.kind} scribble is empty: draw a stroke over the structure.")
+    if not np.isfinite(pts).all():
+        raise InvalidPromptError(f"the {s.kind} scribble has non-numeric coordinates.")
+    if not (math.isfinite(s.width) and s.width > 0):
+        raise InvalidPromptError(f"the {s.kind} scribble has width {s.width}; use a positive stroke width in pixels.")
+    inside = (pts[:, 0] >= 0) & (pts[:, 0] <= w - 1) & (pts[:, 1] >= 0) & (pts[:, 1] <= h - 1)
+    if not inside.any():
+        raise InvalidPromptError(f"the {s.kind} scribble lies entirely outside the {w}x{h} image.")
+
+
+def rasterize(scribbles: Sequence[Scribble], image_shape: tuple[int, int]) -> np.ndarray:
+    """Strokes -> (H, W) bool, each segment drawn with its width (round caps), clipped to the image."""
+    import cv2
+
+    h, w = image_shape
+    out = np.zeros((h, w), np.uint8)
+    for s in scribbles:
+        pts = np.round(np.asarray(s.points, np.float64)).astype(np.int32).reshape(-1, 1, 2)
+        thick = max(1, int(round(s.width)))
+        if len(pts) == 1:
+            cv2.circle(out, tuple(int(v) for v in pts[0, 0]), max(0, thick // 2), 1, -1)
+        else:
+            cv2.polylines(out, [pts], False, 1, thickness=thick)
+    return out.astype(bool)
+
+
+def sample_along(s: Scribble, n: int) -> list[Point]:
+    """n points evenly spaced by arc length along the stroke (both ends included when n >= 2)."""
+    pts = np.asarray(s.points, np.float64).reshape(-1, 2)
+    if len(pts) == 1 or n <= 1:
+        mid = pts[len(pts) // 2]
+        return [Point(float(mid[0]), float(mid[1]), s.positive, s.source)]
+    seg = np.sqrt(((pts[1:] - pts[:-1]) ** 2).sum(1))
+    cum = np.concatenate([[0.0], np.cumsum(seg)])
+    if cum[-1] == 0:
+        return [Point(float(pts[0, 0]), float(pts[0, 1]), s.positive, s.source)]
+    at = np.linspace(0, cum[-1], n)
+    xs = np.interp(at, cum, pts[:, 0])
+    ys = np.interp(at, cum, pts[:, 1])
+    return [Point(float(x), float(y), s.positive, s.source) for x, y in zip(xs, ys)]
+
+
+def mask_prompt(segmenter, image_shape: tuple[int, int], fg: np.ndarray, bg: np.ndarray | None = None,
+                strength: float = 8.0) -> np.ndarray:
+    """Rasterised strokes -> (1, 256, 256) low-res logits in the model frame (+strength on foreground
+    strokes, -strength on background strokes and padding, 0 = no opinion elsewhere)."""
+    import torch
+    import torch.nn.functional as F
+
+    t = segmenter.transform_for(tuple(image_shape))
+    dense = np.zeros(image_shape, np.float32)
+    dense[fg] = strength
+    if bg is not None:
+        dense[bg] = -strength
+    ih, iw = t.input_size
+    low = F.interpolate(torch.from_numpy(dense)[None, None], size=(ih, iw), mode="area")
+    side = t.target
+    low = F.pad(low, (0, side - iw, 0, side - ih), value=-strength)
+    low = F.interpolate(low, size=(256, 256), mode="area")
+    return low[0].numpy().astype(np.float32)
+
+
+def _clip_xy(pts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    h, w = shape
+    p = np.asarray(pts, np.float32).copy()
+    p[:, 0] = np.clip(p[:, 0], 0, w - 1)
+    p[:, 1] = np.clip(p[:, 1], 0, h - 1)
+    return p
+
+
+def _agreement_points(fg: np.ndarray, bg: np.ndarray, n: int = 24) -> list[Point]:
+    """Pixels of the rasterised strokes to check a mask against (a subsample, both kinds)."""
+    out = []
+    for m, pos in ((fg, True), (bg, False)):
+        ys, xs = np.nonzero(m)
+        if len(xs):
+            idx = np.linspace(0, len(xs) - 1, min(n, len(xs))).round().astype(int)
+            out += [Point(float(xs[i]), float(ys[i]), pos, PromptSource.SCRIBBLE) for i in idx]
+    return out
+
+
+def scribble_boxes(fg: np.ndarray, bg: np.ndarray, shape: tuple[int, int], margins: Sequence[float]) -> list[np.ndarray]:
+    """Boxes around the foreground strokes grown by each margin (fraction of the strokes' extent plus
+    a few pixels: strokes run inside the structure), each also cut back to leave background strokes out."""
+    ys, xs = np.nonzero(fg)
+    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max(), ys.max()
+    w, h = x1 - x0 + 1, y1 - y0 + 1
+    out = []
+    for m in margins:
+        ext = m * max(w, h) + 2.0
+        b = _clip_box(np.array([x0 - ext, y0 - ext, x1 + ext, y1 + ext], np.float32), shape)
+        out.append(b)
+        if bg.any():
+            out.append(_cut_to_exclude(b, bg, (x0, y0, x1, y1)))
+    return _dedupe(out)
+
+
+def _cut_to_exclude(b: np.ndarray, bg: np.ndarray, core: tuple[float, float, float, float]) -> np.ndarray:
+    """Shrink each side of box b towards the foreground core until no background-stroke pixel is in the
+    margin band on that side (a background stroke beside the structure marks where it ends)."""
+    x0, y0, x1, y1 = (float(v) for v in b)
+    cx0, cy0, cx1, cy1 = core
+    ys, xs = np.nonzero(bg)
+    inside = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+    xs, ys = xs[inside], ys[inside]
+    left = xs[xs < cx0]
+    right = xs[xs > cx1]
+    top = ys[ys < cy0]
+    bottom = ys[ys > cy1]
+    if len(left):
+        x0 = max(x0, float(left.max()) + 1)
+    if len(right):
+        x1 = min(x1, float(right.min()) - 1)
+    if len(top):
+        y0 = max(y0, float(top.max()) + 1)
+    if len(bottom):
+        y1 = min(y1, float(bottom.min()) - 1)
+    return np.array([x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)], np.float32)
+
+
+@dataclass(frozen=True)
+class ScribbleConfig:
+    margins: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8)
+    points_per_stroke: int = 3
+    negative_points_per_stroke: int = 2
+    use_mask_prompt: bool = False  # LiteMedSAM was trained without mask prompts: off unless it helps
+    click: ClickConfig = ClickConfig()
+
+
+def propose_from_scribbles(segmenter, embedding, scribbles: Sequence[Scribble], box: Box | None = None,
+                           cfg: ScribbleConfig = ScribbleConfig()) -> PromptSet:
+    """Foreground/background strokes (and optionally a user box) -> one PromptSet.
+
+    With foreground strokes and no box, box proposals around the strokes are decoded in one batch
+    and the one whose mask covers the foreground strokes and avoids the background strokes best wins.
+    With a box, background strokes cut the box where they cross it (variants scored the same way) and
+    become negative points.
+    """
+    shape = tuple(embedding.original_size)
+    if not scribbles:
+        raise InvalidPromptError("no scribble given: draw over the structure (and optionally around it).")
+    for s in scribbles:
+        check_scribble(s, shape)
+    fg_s = [Scribble(_clip_xy(s.points, shape), s.width, True, s.source) for s in scribbles if s.positive]
+    bg_s = [Scribble(_clip_xy(s.points, shape), s.width, False, s.source) for s in scribbles if not s.positive]
+    fg = rasterize(fg_s, shape)
+    bg = rasterize(bg_s, shape) & ~fg  # where strokes cross, the foreground stroke wins
+    if box is None and not fg.any():
+        raise InvalidPromptError("only background scribbles were given: draw one stroke on the structure, or a box.")
+    check_pts = _agreement_points(fg, bg)
+    points = [p for s in fg_s for p in sample_along(s, cfg.points_per_stroke)]
+    points += [p for s in bg_s for p in sample_along(s, cfg.negative_points_per_stroke)]
+    if box is not None:
+        b = box.as_array()
+        boxes = [_clip_box(b, shape)]
+        if bg.any():
+            core = (b[0] + 1, b[1] + 1, b[2] - 1, b[3] - 1)
+            if fg.any():
+                ys, xs = np.nonzero(fg)
+                core = (xs.min(), ys.min(), xs.max(), ys.max())
+            else:
+                # background strokes cut the box only from the outside in: the core is the box centre
+                cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+                core = (cx, cy, cx, cy)
+            boxes.append(_cut_to_exclude(boxes[0], bg, core))
+        boxes = _dedupe(boxes)
+    else:
+        boxes = scribble_boxes(fg, bg, shape, cfg.margins)
+    mask_input = mask_prompt(segmenter, shape, fg, bg) if cfg.use_mask_prompt else None
+    scored = score_boxes(segmenter, embedding, boxes, check_pts, cfg.click, mask_input=mask_input)
+    best = max(scored, key=lambda s: s.score)
+    bb = best.box
+    src = box.source if box is not None else PromptSource.SCRIBBLE
+    conf = box.confidence if box is not None else float(np.clip(best.iou * best.points_ok, 0, 1))
+    # Without a dense stroke prompt, the chosen box's own logits are the mask prompt: LiteMedSAM
+    # (box-trained) drifts when points are added to a box, the logits pull it back (see clicks.py).
+    ps = PromptSet(points=tuple(points), box=Box(float(bb[0]), float(bb[1]), float(bb[2]), float(bb[3]), src, conf),
+                   mask_input=mask_input if mask_input is not None else best.logits)
+    n_fg, n_bg = len(fg_s), len(bg_s)
+    return ps.with_note(f"{n_fg} foreground / {n_bg} background scribble(s) -> box ({bb[0]:.0f}, {bb[1]:.0f}, {bb[2]:.0f}, {bb[3]:.0f})"
+                        f" chosen among {len(boxes)} (stroke pixels agreeing {best.points_ok:.0%}, decoder IoU {best.iou:.2f})")
+
+
+def negative_evidence(scribbles: Sequence[Scribble], image_shape: tuple[int, int]) -> np.ndarray:
+    """The background strokes as an (H, W) bool map: pixels a result must not contain."""
+    return rasterize([s for s in scribbles if not s.positive], image_shape)
+
+
+def remove_negative(mask: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """Drop connected components of `mask` that a background stroke crosses, unless the component is
+    most of the mask (then only the stroke's pixels go: the stroke marks an edge, not the object)."""
+    mask = np.asarray(mask, bool)
+    if not negative.any() or not mask.any():
+        return mask
+    lab, n = ndi.label(mask)
+    hit = np.unique(lab[negative & mask])
+    hit = hit[hit > 0]
+    out = mask.copy()
+    sizes = ndi.sum(mask, lab, index=np.arange(1, n + 1))
+    biggest = int(np.argmax(sizes)) + 1
+    for k in hit:
+        if k == biggest:
+            out[negative] = False
+        else:
+            out[lab == k] = False
+    return out

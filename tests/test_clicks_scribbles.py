@@ -1,0 +1,183 @@
+"""Clicks and scribbles -> prompts, decoded by the real LiteMedSAM on small synthetic slices."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from integrations.errors import InvalidPromptError
+from integrations.metrics import dice
+from prompting.clicks import check_points, correct_with_click, correction_boxes, propose_from_points
+from prompting.promptset import Box, Point, PromptSet, PromptSource
+from prompting.scribbles import (Scribble, check_scribble, mask_prompt, propose_from_scribbles, rasterize,
+                                 remove_negative, sample_along)
+
+
+def _two_discs():
+    """Two bright discs of different brightness side by side on a dark background."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:160, :220]
+    a = (yy - 80) ** 2 + (xx - 70) ** 2 < 32 ** 2
+    b = (yy - 80) ** 2 + (xx - 150) ** 2 < 26 ** 2
+    img = 0.1 + 0.8 * a + 0.5 * b + rng.normal(0, 0.02, a.shape)
+    return np.clip(img, 0, 1).astype(np.float32), a, b
+
+
+@pytest.fixture(scope="module")
+def disc(segmenter, disc_image):
+    img, mask = disc_image
+    return img, mask, segmenter.embed(img)
+
+
+@pytest.fixture(scope="module")
+def two(segmenter):
+    img, a, b = _two_discs()
+    return img, a, b, segmenter.embed(img)
+
+
+@pytest.fixture(scope="module")
+def disc_image():  # module-scoped copy of conftest's disc (the embedding is reused by several tests)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:200, :240]
+    mask = (yy - 100) ** 2 + (xx - 120) ** 2 < 40 ** 2
+    img = 0.1 + 0.8 * mask + rng.normal(0, 0.02, mask.shape)
+    return np.clip(img, 0, 1).astype(np.float32), mask
+
+
+def test_one_click_becomes_a_box_and_keeps_the_click(segmenter, disc):
+    img, mask, emb = disc
+    click = Point(118.0, 103.0)
+    ps = propose_from_points(segmenter, emb, img, [click])
+    assert ps.box is not None and ps.points == (click,)
+    assert ps.box.source is PromptSource.CLICK and 0.0 <= ps.box.confidence <= 1.0
+    assert ps.notes and "box" in ps.notes[0]
+    assert dice(segmenter.decode(emb, ps).mask, mask) > 0.9
+
+
+def test_click_alone_is_not_enough_for_litemedsam(segmenter, disc):
+    """Why clicks become boxes: the same click without a box is far worse (DESIGN.md)."""
+    img, mask, emb = disc
+    alone = segmenter.decode(emb, PromptSet(points=(Point(118.0, 103.0),)))
+    boxed = segmenter.decode(emb, propose_from_points(segmenter, emb, img, [Point(118.0, 103.0)]))
+    assert dice(boxed.mask, mask) > dice(alone.mask, mask) + 0.2
+
+
+def test_gaze_points_keep_their_source(segmenter, disc):
+    img, mask, emb = disc
+    pts = [Point(110.0, 95.0, True, PromptSource.GAZE, 0.7), Point(130.0, 108.0, True, PromptSource.GAZE, 0.7)]
+    ps = propose_from_points(segmenter, emb, img, pts)
+    assert ps.box.source is PromptSource.GAZE
+    assert dice(segmenter.decode(emb, ps).mask, mask) > 0.9
+
+
+def test_negative_click_excludes_the_neighbour(segmenter, two):
+    img, a, b, emb = two
+    ps = propose_from_points(segmenter, emb, img, [Point(70.0, 80.0), Point(150.0, 80.0, positive=False)])
+    m = segmenter.decode(emb, ps).mask
+    assert not m[80, 150], "the negatively clicked disc must be outside the result"
+    assert dice(m, a) > 0.85
+    # the box must not reach over the negatively clicked disc's centre
+    assert not ps.box.contains(150.0, 80.0)
+
+
+def test_positive_clicks_on_both_discs_cover_both(segmenter, two):
+    img, a, b, emb = two
+    ps = propose_from_points(segmenter, emb, img, [Point(70.0, 80.0), Point(150.0, 80.0)])
+    assert ps.box.contains(70.0, 80.0) and ps.box.contains(150.0, 80.0)
+
+
+@pytest.mark.parametrize("pts, words", [
+    ([], "no click"),
+    ([Point(math.nan, 3.0)], "non-numeric"),
+    ([Point(500.0, 3.0)], "outside"),
+    ([Point(5.0, 5.0, positive=False)], "only negative"),
+])
+def test_bad_clicks_are_rejected_with_a_reason(pts, words):
+    with pytest.raises(InvalidPromptError, match=words):
+        check_points(pts, (200, 240))
+
+
+def test_correction_widens_the_box_for_a_missed_part(segmenter, disc):
+    img, mask, emb = disc
+    # a box over the left half only: the user then clicks in the missed right half
+    start = PromptSet(points=(Point(100.0, 100.0),), box=Box(78, 58, 120, 142, PromptSource.CLICK))
+    first = segmenter.decode(emb, start)
+    nxt = correct_with_click(segmenter, emb, start, first.low_res_logits, Point(150.0, 100.0))
+    assert nxt.box.x1 > 150 and len(nxt.points) == 2
+    assert dice(segmenter.decode(emb, nxt).mask, mask) > dice(first.mask, mask) + 0.2
+
+
+def test_correction_boxes_cut_at_a_negative_click():
+    boxes = correction_boxes(np.array([0, 0, 100, 100], np.float32), Point(90.0, 50.0, positive=False), (200, 200))
+    assert any(b[2] < 90 for b in boxes)  # cut on the nearest (right) side
+    assert any(np.allclose(b, [0, 0, 100, 100]) for b in boxes)
+
+
+# -- scribbles ---------------------------------------------------------------------------------
+
+def test_scribble_rasterises_with_width_and_samples_along():
+    s = Scribble.of([[10, 10], [50, 10]], width=5)
+    m = rasterize([s], (40, 80))
+    assert m[10, 10:51].all() and m[8:13, 30].all() and not m[20, 30]
+    pts = sample_along(s, 3)
+    assert [(p.x, p.y) for p in pts] == [(10.0, 10.0), (30.0, 10.0), (50.0, 10.0)]
+    assert all(p.source is PromptSource.SCRIBBLE and p.positive for p in pts)
+
+
+@pytest.mark.parametrize("s, words", [
+    (Scribble.of(np.zeros((0, 2))), "empty"),
+    (Scribble.of([[1, math.nan], [3, 4]]), "non-numeric"),
+    (Scribble.of([[1, 1], [3, 4]], width=0), "width"),
+    (Scribble.of([[-50, -5], [-10, -40]]), "outside"),
+])
+def test_bad_scribbles_are_rejected(s, words):
+    with pytest.raises(InvalidPromptError, match=words):
+        check_scribble(s, (100, 100))
+
+
+def test_foreground_scribble_segments_the_disc(segmenter, disc):
+    img, mask, emb = disc
+    ps = propose_from_scribbles(segmenter, emb, [Scribble.of([[100, 100], [120, 95], [140, 105]], width=3)])
+    assert ps.box is not None and ps.box.source is PromptSource.SCRIBBLE
+    assert len(ps.points) == 3 and all(p.positive for p in ps.points)
+    assert dice(segmenter.decode(emb, ps).mask, mask) > 0.9
+
+
+def test_background_only_scribble_is_rejected(segmenter, disc):
+    img, mask, emb = disc
+    with pytest.raises(InvalidPromptError, match="only background"):
+        propose_from_scribbles(segmenter, emb, [Scribble.of([[5, 5], [30, 5]], positive=False)])
+
+
+def test_box_plus_background_scribble_cuts_the_box(segmenter, two):
+    img, a, b, emb = two
+    # a sloppy box over both discs, then a background stroke down the near edge of the right disc
+    box = Box(30, 40, 185, 120)
+    bg = Scribble.of([[128, 60], [128, 100]], width=3, positive=False)
+    ps = propose_from_scribbles(segmenter, emb, [bg], box=box)
+    assert any(not p.positive for p in ps.points)
+    assert ps.box.x1 < 128
+    m = segmenter.decode(emb, ps).mask
+    assert not m[80, 160] and dice(m, a) > 0.85
+
+
+def test_dense_mask_prompt_shape_and_sign(segmenter):
+    fg = np.zeros((100, 200), bool)
+    fg[40:60, 50:80] = True
+    low = mask_prompt(segmenter, (100, 200), fg)
+    assert low.shape == (1, 256, 256)
+    assert low.max() > 0 and low.min() == 0.0  # strokes say "object", the rest says nothing
+    bg = np.zeros_like(fg)
+    bg[10, :] = True
+    assert mask_prompt(segmenter, (100, 200), fg, bg).min() < 0  # background strokes say "not it"
+
+
+def test_remove_negative_drops_crossed_components():
+    m = np.zeros((50, 50), bool)
+    m[5:25, 5:25] = True  # the object
+    m[35:45, 35:45] = True  # a spurious blob the user strikes out
+    neg = np.zeros_like(m)
+    neg[40, 30:48] = True
+    out = remove_negative(m, neg)
+    assert out[10, 10] and not out[40, 40]
