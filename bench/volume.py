@@ -37,8 +37,11 @@ from prompting.promptset import PromptSet  # noqa: E402
 
 MRICRON = Path("/usr/share/mricron/templates")
 CACHE = ROOT / ".bench-data" / "embeddings"
+# Compact structures: box propagation follows a blob from slice to slice. Cortical ribbons (e.g.
+# Precentral_L) are left out: a probe showed a box around a gyrus ribbon loses it within a few
+# slices (docs/volume.md, limits).
 STRUCTURES = ("brain", "Putamen_L", "Putamen_R", "Caudate_L", "Caudate_R", "Thalamus_L", "Thalamus_R",
-              "Hippocampus_L", "Insula_L", "Precentral_L", "Lingual_L", "Cerebelum_6_L")
+              "Hippocampus_L", "Hippocampus_R", "Amygdala_L", "Insula_L", "Cerebelum_6_L")
 QUERIES = {"left putamen": "Putamen_L", "right thalamus": "Thalamus_R", "left hippocampus": "Hippocampus_L",
            "brain": "brain"}
 

@@ -142,3 +142,17 @@ def test_stability_score():
     assert stability_score(sure) == 1.0
     unsure = np.linspace(-3, 3, 64).reshape(1, 8, 8)
     assert stability_score(unsure) < 0.7
+
+
+def test_cli_segment_3d_refuses_bad_requests_with_exit_2(ellipsoid_volume, tmp_path, capsys):
+    from app.cli import main
+    from integrations.mask_io import write_mask
+
+    vol, truth = ellipsoid_volume
+    study = write_mask(tmp_path / "study.nii.gz", vol, truth)  # any readable 3-D NIfTI
+    assert main(["segment-3d", str(study), "--out", str(tmp_path / "m.nii.gz")]) == 2
+    assert "--box" in capsys.readouterr().err
+    assert main(["segment-3d", str(study), "--box", "1", "1", "20", "20", "--out", str(tmp_path / "m.png")]) == 2
+    assert "3-D mask" in capsys.readouterr().err
+    assert main(["train-adapter", str(tmp_path / "nowhere")]) == 2
+    assert "not a folder" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
