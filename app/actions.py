@@ -1,8 +1,8 @@
 """What a prompt does to the workstation: slice -> embedding -> prompt set -> mask -> new object state.
 
 No Streamlit here: the views call these with the segmenter, tests can call them directly. The
-prompting modules (clicks, scribbles, gaze, text, metadata, fusion) are imported lazily, where they
-are used, so the workstation still starts when one of them cannot be imported.
+prompting modules (clicks, scribbles, metadata) and models.uncertainty are imported lazily, where
+they are used, so the workstation still starts when one of them cannot be imported.
 """
 from __future__ import annotations
 
