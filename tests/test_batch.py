@@ -229,6 +229,12 @@ class KillOnce(WorkerPlugin):
         threading.Timer(self.delay_s, os.kill, (os.getpid(), signal.SIGKILL)).start()
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def test_worker_killed_mid_batch_every_study_once(tmp_path):
     from distributed import Client, LocalCluster
 
@@ -241,6 +247,9 @@ def test_worker_killed_mid_batch_every_study_once(tmp_path):
         client.register_plugin(KillOnce(str(flag), delay_s=1.0))
         report = run_batch(root, spec, BatchOptions(scheduler=cluster.scheduler_address, progress=False))
         assert all(w["host"] == "127.0.0.1" for w in client.scheduler_info()["workers"].values())
+        # One model per worker (built by the plugin), torch threads so that workers x threads <= cores.
+        threads = client.run(_torch_threads)
+        assert list(threads.values()) == [max(1, (os.cpu_count() or 1) // 2)] * 2
     assert flag.exists(), "the kill plugin never fired"
     killed_pid = int(flag.read_text())
     with pytest.raises(ProcessLookupError):
