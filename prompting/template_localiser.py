@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -378,9 +379,26 @@ class TemplateLocaliser:
         # Per (registration, labels): the carried mask and its boxes, so a repeated or per-slice
         # query does not rescan the whole label volume (~1 s for 181 slices).
         self._located: OrderedDict[tuple, VolumeLocalisation] = OrderedDict()
+        self._keys_seen: dict[int, tuple] = {}
 
     # -- registration (cached) --
     def _key(self, array: np.ndarray, geometry: tuple) -> str:
+        # Hashing a 1 mm brain (28 MB) costs ~90 ms, most of a query's time: the same array object
+        # asked about again (the usual case: several queries on one open study) reuses its key.
+        # Volumes are treated as immutable throughout clinseg, so identity implies same content.
+        seen = self._keys_seen.get(id(array))
+        if seen is not None and seen[0]() is array and seen[1] == geometry:
+            return seen[2]
+        key = self._hash_key(array, geometry)
+        try:
+            self._keys_seen[id(array)] = (weakref.ref(array), geometry, key)
+        except TypeError:  # arrays that cannot be weakly referenced are simply hashed each time
+            pass
+        if len(self._keys_seen) > 4 * self._cache_size:
+            self._keys_seen.pop(next(iter(self._keys_seen)))
+        return key
+
+    def _hash_key(self, array: np.ndarray, geometry: tuple) -> str:
         h = hashlib.blake2b(np.ascontiguousarray(array).view(np.uint8), digest_size=16)
         h.update(repr(geometry).encode())
         h.update(repr(self.settings).encode())
