@@ -164,6 +164,32 @@ def _cut_to_exclude(b: np.ndarray, bg: np.ndarray, core: tuple[float, float, flo
     return np.array([x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)], np.float32)
 
 
+def _cut_nearest_side(b: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """Box + background stroke, no foreground stroke: the stroke marks where the object ends on ONE
+    side (the side its centroid leans to, relative to the box's half-size); the box is cut just before
+    the stroke's pixels on that side. Strokes entirely outside the box change nothing."""
+    x0, y0, x1, y1 = (float(v) for v in b)
+    ys, xs = np.nonzero(bg)
+    inside = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+    xs, ys = xs[inside], ys[inside]
+    if len(xs) == 0:
+        return np.array([x0, y0, x1, y1], np.float32)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    dx = (xs.mean() - cx) / max(1.0, (x1 - x0) / 2)
+    dy = (ys.mean() - cy) / max(1.0, (y1 - y0) / 2)
+    if abs(dx) >= abs(dy):
+        if dx > 0:
+            x1 = max(cx, float(xs.min()) - 1)
+        else:
+            x0 = min(cx, float(xs.max()) + 1)
+    else:
+        if dy > 0:
+            y1 = max(cy, float(ys.min()) - 1)
+        else:
+            y0 = min(cy, float(ys.max()) + 1)
+    return np.array([x0, y0, x1, y1], np.float32)
+
+
 @dataclass(frozen=True)
 class ScribbleConfig:
     margins: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8)
@@ -204,11 +230,9 @@ def propose_from_scribbles(segmenter, embedding, scribbles: Sequence[Scribble], 
             if fg.any():
                 ys, xs = np.nonzero(fg)
                 core = (xs.min(), ys.min(), xs.max(), ys.max())
+                boxes.append(_cut_to_exclude(boxes[0], bg, core))
             else:
-                # background strokes cut the box only from the outside in: the core is the box centre
-                cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
-                core = (cx, cy, cx, cy)
-            boxes.append(_cut_to_exclude(boxes[0], bg, core))
+                boxes.append(_cut_nearest_side(boxes[0], bg))
         boxes = _dedupe(boxes)
     else:
         boxes = scribble_boxes(fg, bg, shape, cfg.margins)
