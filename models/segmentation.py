@@ -36,6 +36,9 @@ class Segmentation:
     uncertainty: float | None = None  # one scalar: higher is less sure
     flags: list[str] = field(default_factory=list)  # e.g. metadata violations, said to the user
     notes: list[str] = field(default_factory=list)  # how the prompt was understood
+    # (x0, y0, x1, y1) crop the result was decoded on (models/zoom.py), None for the whole slice.
+    # low_res_logits live in that crop's model frame: refine on the full slice only when None.
+    zoom: tuple[int, int, int, int] | None = None
 
     @property
     def area_px(self) -> int:
