@@ -1,7 +1,6 @@
 """Multi-sequence adapter: shapes, gradients, checkpoints, training on a tiny phantom, the fallback."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
