@@ -274,7 +274,7 @@ def cluster_fixations(fixations: Sequence[Fixation], radius_px: float) -> list[F
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GazePromptConfig:
-    cluster_radius_deg: float = 6.0  # centroid linkage; large: one big structure gets many far-apart looks
+    cluster_radius_deg: float = 10.0  # centroid linkage; large: one big structure gets many far-apart looks
     outlier_factor: float = 2.5  # in the dominant cluster, drop fixations > factor x median distance...
     outlier_min_deg: float = 2.0  # ...and farther than this from the dwell-weighted median
     gaze_accuracy_deg: float = 0.5  # expected gaze error: removed from the fixations' spread
@@ -282,11 +282,17 @@ class GazePromptConfig:
     # candidate is decoded in one batch and the masks vote. k measured in bench/gaze.py: fixations
     # drawn towards a structure's middle cover only its core.
     scales: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0, 8.0)
+    isotropic: bool = True  # also the isotropic-spread box at every scale
     min_half_deg: float = 1.0  # no box smaller than the gaze error itself
     vote: float = 0.5  # a pixel is in the mask when at least this fraction of candidates agree
     points_to_decoder: bool = False  # LiteMedSAM is box-trained; points only travel in the PromptSet
     min_dwell_s: float = 0.1
     reject_radius_deg: float = 1.5  # fixations this close to a rejected dwell are ignored
+
+
+# Live mode: one box (k = 5, per axis) per update, i.e. one decoder call. The 10-box vote costs 10
+# decoder calls for about the same Dice on the dev sets (bench/gaze.py prints both).
+LIVE_PROMPT_CONFIG = GazePromptConfig(scales=(5.0,), isotropic=False)
 
 
 @dataclass
@@ -340,7 +346,7 @@ def candidate_boxes(cluster: FixationCluster, shape: tuple[int, int], geometry: 
     floor = geometry.deg_to_px(config.min_half_deg)
     boxes: list[Box] = []
     for k in config.scales:
-        for sx, sy in ((sd_axis[0], sd_axis[1]), (sd_iso, sd_iso)):
+        for sx, sy in ((sd_axis[0], sd_axis[1]),) + (((sd_iso, sd_iso),) if config.isotropic else ()):
             b = _box_around(c[0], c[1], max(k * sx, floor), max(k * sy, floor), shape)
             if b is not None and b not in boxes:
                 boxes.append(b)
@@ -435,7 +441,7 @@ class LiveGazeSession:
     image01: np.ndarray
     geometry: ViewingGeometry
     fixation_config: FixationConfig = field(default_factory=FixationConfig)
-    prompt_config: GazePromptConfig = field(default_factory=GazePromptConfig)
+    prompt_config: GazePromptConfig = field(default_factory=lambda: LIVE_PROMPT_CONFIG)
     max_samples: int = 200 * 60  # one minute at 200 Hz; older samples are forgotten
 
     def __post_init__(self) -> None:
