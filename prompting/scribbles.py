@@ -239,6 +239,10 @@ def propose_from_scribbles(segmenter, embedding, scribbles: Sequence[Scribble], 
     mask_input = mask_prompt(segmenter, shape, fg, bg) if cfg.use_mask_prompt else None
     scored = score_boxes(segmenter, embedding, boxes, check_pts, cfg.click, mask_input=mask_input)
     best = max(scored, key=lambda s: s.score)
+    if box is not None and best is not scored[0] and best.points_ok <= scored[0].points_ok:
+        # negative evidence only acts where the user's own box contradicts it: a background stroke the
+        # box's mask already avoids must not cut the box (measured: tight box 0.86 -> 0.59 on nuclei)
+        best = scored[0]
     bb = best.box
     src = box.source if box is not None else PromptSource.SCRIBBLE
     conf = box.confidence if box is not None else float(np.clip(best.iou * best.points_ok, 0, 1))
