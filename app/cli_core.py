@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint path for non-bundled backends")
     p.add_argument("--series", default=None)
     p.add_argument("--out", required=True, help="output: .nii.gz/.nii/.nrrd (input geometry), .png or .npy")
+    p.add_argument("--no-zoom", action="store_true", help="decode on the whole slice only (no zoomed re-encode for small boxes)")
     p.set_defaults(func=cmd_segment)
 
 
@@ -42,7 +43,8 @@ def cmd_info(args) -> int:
 
 def cmd_segment(args) -> int:
     from app.cli import NothingFoundError
-    from app.pipeline import SliceSession, segment
+    from app.pipeline import SliceSession, segment_best
+    from models.zoom import ZoomPolicy
     from integrations.loaders import load_volume
     from integrations.mask_io import write_mask
     from integrations.windowing import WINDOWS
@@ -54,11 +56,12 @@ def cmd_segment(args) -> int:
     vol = load_volume(args.path, series_uid=args.series)
     session = SliceSession.open(vol, args.slice, args.window)
     segmenter = build_segmenter(args.backend, checkpoint=args.checkpoint)
-    seg = segment(segmenter, session, PromptSet.from_box(*args.box))
+    seg = segment_best(segmenter, session, PromptSet.from_box(*args.box), zoom=None if args.no_zoom else ZoomPolicy())
     out = write_mask(args.out, vol, seg.mask, slice_index=session.slice_index)
     area_mm2 = seg.area_px * vol.pixel_area_mm2
     print(json.dumps({"out": str(out), "slice": session.slice_index, "area_px": seg.area_px,
-                      "area_mm2": round(area_mm2, 2), "predicted_iou": round(seg.predicted_iou, 4)}))
+                      "area_mm2": round(area_mm2, 2), "predicted_iou": round(seg.predicted_iou, 4),
+                      "zoomed": seg.zoom is not None}))
     if seg.is_empty:
         raise NothingFoundError(f"the mask is empty: nothing was segmented in box {args.box} on slice {session.slice_index} (file written)")
     return 0

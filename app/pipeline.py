@@ -9,6 +9,7 @@ from integrations.errors import InvalidPromptError
 from integrations.volume import Volume
 from integrations.windowing import slice_image, volume_window
 from models.segmentation import Segmentation
+from models.zoom import ZoomPolicy, segment_adaptive
 from prompting.promptset import PromptSet
 
 
@@ -31,7 +32,15 @@ class SliceSession:
 
 
 def segment(segmenter, session: SliceSession, prompt: PromptSet, multimask: bool = False) -> Segmentation:
+    """Interactive path: decode against the slice's cached embedding (milliseconds once encoded)."""
     emb = segmenter.embed(session.image01)
     seg = segmenter.decode(emb, prompt, multimask=multimask)
+    seg.slice_index = session.slice_index
+    return seg
+
+
+def segment_best(segmenter, session: SliceSession, prompt: PromptSet, zoom: ZoomPolicy | None = ZoomPolicy()) -> Segmentation:
+    """One-shot path (CLI, batch, "refine" in the app): also tries a zoomed re-encode for small targets."""
+    seg = segment_adaptive(segmenter, session.image01, prompt, zoom)
     seg.slice_index = session.slice_index
     return seg

@@ -3,6 +3,9 @@
     .venv/bin/python bench/accuracy.py [--variants]
 
 Sets (bench/devdata.py): Colin27 AAL regions, Colin27 brain mask, stardist nuclei, dicompyler CT BODY.
+clinseg's column is its one-shot path (`app.pipeline.segment_best`: whole-slice decode, plus a zoomed
+re-encode for small boxes kept when the decoder rates it clearly better); `slice` is the interactive
+path alone (whole-slice embedding, decode only).
 Boxes: the mask's tight bounding box, and a jittered box (each edge moved by U(-10 %, +10 %) of the
 box size, seed 0). The reference gets the image min-max scaled to [0, 255] (the form its npz inputs
 take), the box scaled to its 256 x 256 frame, and its 256 x 256 mask resized back (nearest).
@@ -27,6 +30,7 @@ from integrations.metrics import box_of, dice  # noqa: E402
 from integrations.windowing import apply_window, default_window, get_window, window_bounds  # noqa: E402
 from models.registry import LITEMEDSAM_PREPROCESSING, build_segmenter  # noqa: E402
 from models.sam_backend import Preprocessing  # noqa: E402
+from models.zoom import ZoomPolicy, segment_adaptive  # noqa: E402
 from prompting.promptset import PromptSet  # noqa: E402
 
 
@@ -84,12 +88,11 @@ def case_image01(case, window_name: str | None) -> np.ndarray:
     return apply_window(case.image, window_bounds(window, case.image))
 
 
-def run_clinseg(segmenter, cases, boxes, window_name=None) -> list[float]:
+def run_clinseg(segmenter, cases, boxes, window_name=None, zoom: ZoomPolicy | None = None) -> list[float]:
     """Dice per case; each distinct image is encoded once (cache), all its boxes decoded."""
     out = []
     for case, box in zip(cases, boxes):
-        emb = segmenter.embed(case_image01(case, window_name))
-        seg = segmenter.decode(emb, PromptSet.from_box(*box))
+        seg = segment_adaptive(segmenter, case_image01(case, window_name), PromptSet.from_box(*box), zoom)
         out.append(dice(seg.mask, case.mask))
     return out
 
@@ -108,26 +111,30 @@ def main() -> None:
     ref = Reference()
     res: dict[str, float] = {}
     t0 = time.time()
-    print(f"{'set':8s} {'n':>4s} {'clinseg':>8s} {'ref':>8s} {'delta':>7s} {'clinseg_j':>9s} {'ref_j':>7s}")
+    print(f"{'set':8s} {'n':>4s} {'clinseg':>8s} {'slice':>7s} {'ref':>8s} {'delta':>7s} {'clinseg_j':>9s} {'ref_j':>7s}")
     for name, cases in sets.items():
-        ours = np.mean(run_clinseg(seg, cases, tight[name]))
-        ours_j = np.mean(run_clinseg(seg, cases, jit[name]))
+        t1 = time.time()
+        ours = np.mean(run_clinseg(seg, cases, tight[name], zoom=ZoomPolicy()))
+        ours_j = np.mean(run_clinseg(seg, cases, jit[name], zoom=ZoomPolicy()))
+        ours_slice = np.mean(run_clinseg(seg, cases, tight[name], zoom=None))
         refs = np.mean([dice(ref(c.image, b), c.mask) for c, b in zip(cases, tight[name])])
         refs_j = np.mean([dice(ref(c.image, b), c.mask) for c, b in zip(cases, jit[name])])
         res[name], res[f"{name}_ref"], res[f"{name}_j"], res[f"{name}_ref_j"] = ours, refs, ours_j, refs_j
-        print(f"{name:8s} {len(cases):4d} {ours:8.4f} {refs:8.4f} {ours - refs:+7.4f} {ours_j:9.4f} {refs_j:7.4f}")
-    print(f"default preprocessing: {LITEMEDSAM_PREPROCESSING.describe()}, window: CT soft_tissue / others auto (0.5-99.5 %)")
+        res[f"{name}_slice"] = ours_slice
+        print(f"{name:8s} {len(cases):4d} {ours:8.4f} {ours_slice:7.4f} {refs:8.4f} {ours - refs:+7.4f} {ours_j:9.4f} {refs_j:7.4f}  ({time.time() - t1:.0f} s)", flush=True)
+    print(f"default preprocessing: {LITEMEDSAM_PREPROCESSING.describe()}, window: CT soft_tissue / others full (min-max)")
     print(f"elapsed {time.time() - t0:.0f} s")
 
     if args.variants:
         print("\nvariants (tight box Dice):")
         for pre in (Preprocessing(256, "stretch", "unit"), Preprocessing(256, "longest", "unit")):
             s = build_segmenter("litemedsam", preprocessing=pre)
-            for wname in ("auto", "full"):
+            for wname in ("full", "auto"):
                 row = {k: np.mean(run_clinseg(s, v, tight[k], wname if v[0].modality != "CT" else None)) for k, v in sets.items()}
                 print(f"  {pre.describe():22s} window={wname:5s} " + " ".join(f"{k}={d:.4f}" for k, d in row.items()))
 
-    keys = ["aal", "aal_ref", "brain", "brain_ref", "nuclei", "nuclei_ref", "body", "body_ref", "aal_j", "brain_j", "nuclei_j"]
+    keys = ["aal", "aal_ref", "brain", "brain_ref", "nuclei", "nuclei_ref", "body", "body_ref", "aal_j", "brain_j", "nuclei_j",
+            "aal_ref_j", "brain_ref_j", "nuclei_ref_j", "aal_slice", "brain_slice", "nuclei_slice", "body_slice"]
     print("RESULT " + " ".join(f"{k}={res[k]:.4f}" for k in keys if k in res))
 
 
