@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8501
 
-.PHONY: install run test bench bench-data system-deps clean
+.PHONY: install run test bench bench-all bench-data system-deps clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench-data: install system-deps
 
 bench: bench-data
 	@for b in bench/accuracy.py bench/latency.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# every benchmark (about an hour on 2 cores: volume and adapter training dominate)
+bench-all: bench-data
+	@for b in bench/accuracy.py bench/latency.py bench/prompts.py bench/gaze.py bench/text.py bench/rt.py \
+	  bench/volume.py bench/adapter.py bench/batch.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .bench-data

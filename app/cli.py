@@ -26,10 +26,6 @@ COMMANDS = (
 )
 
 
-class NothingFoundError(Exception):
-    exit_code = EXIT_NOTHING
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clinseg", description="Multimodal clinical segmentation assistant (SAM / LiteMedSAM).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -46,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from integrations.errors import ClinsegInputError, ModelWeightsError
+    from integrations.errors import ClinsegInputError, ModelWeightsError, NothingFoundError
 
     try:
         return int(args.func(args) or 0)

@@ -42,7 +42,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_segment(args) -> int:
-    from app.cli import NothingFoundError
+    from integrations.errors import NothingFoundError
     from app.pipeline import SliceSession, segment_best
     from models.zoom import ZoomPolicy
     from integrations.loaders import load_volume
@@ -63,5 +63,6 @@ def cmd_segment(args) -> int:
                       "area_mm2": round(area_mm2, 2), "predicted_iou": round(seg.predicted_iou, 4),
                       "zoomed": seg.zoom is not None}))
     if seg.is_empty:
-        raise NothingFoundError(f"the mask is empty: nothing was segmented in box {args.box} on slice {session.slice_index} (file written)")
+        why = f" ({seg.flags[-1]})" if seg.flags else ""
+        raise NothingFoundError(f"the mask is empty: nothing was segmented in box {args.box} on slice {session.slice_index}{why} (file written)")
     return 0

@@ -28,12 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_segment_text(args) -> int:
     import numpy as np
 
-    from app.cli import NothingFoundError
+    from integrations.errors import NothingFoundError
     from app.pipeline import SliceSession
     from integrations.loaders import load_volume
     from integrations.mask_io import write_mask
     from integrations.windowing import WINDOWS
     from models.registry import build_segmenter
+    from models.zoom import refine_with_zoom
     from prompting.exemplars import ExemplarLibrary
     from prompting.query import QueryParser
     from prompting.template_localiser import TemplateLocaliser, load_template
@@ -62,6 +63,8 @@ def cmd_segment_text(args) -> int:
     if not result.found:
         raise NothingFoundError(f"nothing to segment on slice {session.slice_index}: {result.explanation}")
     segs = segment_text(segmenter, result, session.image01)
+    # one-shot path: small targets also try a zoomed re-encode, kept when the decoder rates it better
+    segs = [refine_with_zoom(segmenter, session.image01, p, s) for p, s in zip(result.prompts, segs)]
     labels = np.zeros(segs[0].mask.shape, np.uint8)
     for i, seg in enumerate(segs, start=1):
         labels[seg.mask & (labels == 0)] = i

@@ -57,7 +57,7 @@ def _progress(done: int, total: int, message: str) -> None:
 
 
 def cmd_segment_3d(args) -> int:
-    from app.cli import NothingFoundError
+    from integrations.errors import NothingFoundError
     from integrations.loaders import load_volume
     from integrations.mask_io import write_mask
     from integrations.windowing import WINDOWS
@@ -105,7 +105,7 @@ def localise_query(volume, query: str, localiser=None, min_confidence_fraction: 
 
     Slices whose box confidence is below `min_confidence_fraction` of the best slice's (slivers at
     the structure's ends, where the registration is least reliable) are left to propagation."""
-    from app.cli import NothingFoundError
+    from integrations.errors import NothingFoundError
     from prompting.query import QueryParser
     from prompting.template_localiser import TemplateLocaliser
 
@@ -130,7 +130,7 @@ def localise_query(volume, query: str, localiser=None, min_confidence_fraction: 
 def query_seeds(volume, query: str, view: str):
     """Per-slice boxes of a named structure as propagation anchors: every localised slice anchors,
     and propagation continues past the ends while the image says the structure goes on."""
-    from app.cli import NothingFoundError
+    from integrations.errors import NothingFoundError
     from prompting.promptset import PromptSet
 
     if view != "axial":

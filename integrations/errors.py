@@ -57,6 +57,12 @@ class InvalidPromptError(ClinsegInputError):
     """A prompt (box, point, scribble) that cannot be used: outside the image, degenerate, NaN."""
 
 
+class NothingFoundError(Exception):
+    """The request was valid but found nothing: an empty mask, a query naming no known structure."""
+
+    exit_code = 4
+
+
 class ModelWeightsError(Exception):
     """Model weights are missing, corrupt or do not match the architecture."""
 

@@ -24,6 +24,7 @@ class ZoomPolicy:
     min_side: int = 48  # never crop smaller than this many slice pixels
     max_fraction: float = 0.5  # zoom only when the box's longest side is below this fraction of the slice's shortest
     renormalise: bool = True  # min-max the crop itself, as LiteMedSAM's training images were
+    min_contrast: float = 0.25  # ...but only if the crop spans this fraction of the slice's range
 
     def applies(self, box: Box, image_shape: tuple[int, int]) -> bool:
         return max(box.width, box.height) + 1 < self.max_fraction * min(image_shape)
@@ -62,8 +63,11 @@ def segment_zoomed(segmenter, image01: np.ndarray, prompt: PromptSet, policy: Zo
     x0, y0, x1, y1 = crop_window(prompt.box, shape, policy)
     crop = np.asarray(image01[y0:y1, x0:x1], dtype=np.float32)
     if policy.renormalise:
+        # Only a crop with real contrast is stretched: stretching flat air would turn noise into a "structure".
         lo, hi = float(crop.min()), float(crop.max())
-        crop = (crop - lo) / (hi - lo) if hi > lo else np.zeros_like(crop)
+        full_range = float(image01.max() - image01.min())
+        if hi - lo >= policy.min_contrast * full_range and hi > lo:
+            crop = (crop - lo) / (hi - lo)
     emb = segmenter.embed(crop)
     seg = segmenter.decode(emb, _shift(prompt, x0, y0, crop.shape[:2]))
     full = np.zeros(shape, bool)
@@ -81,13 +85,37 @@ def segment_zoomed(segmenter, image01: np.ndarray, prompt: PromptSet, policy: Zo
 ZOOM_IOU_MARGIN = 0.05
 
 
+def box_is_flat(image01: np.ndarray, box: Box, min_contrast: float = 0.01) -> bool:
+    """True when the box holds no image contrast (uniform air or padding): there is nothing to segment."""
+    h, w = image01.shape[:2]
+    x0, y0 = max(0, int(np.floor(box.x0))), max(0, int(np.floor(box.y0)))
+    x1, y1 = min(w, int(np.ceil(box.x1)) + 1), min(h, int(np.ceil(box.y1)) + 1)
+    region = image01[y0:y1, x0:x1]
+    full = float(image01.max() - image01.min())
+    return region.size == 0 or float(region.max() - region.min()) <= min_contrast * max(full, 1e-6)
+
+
 def segment_adaptive(segmenter, image01: np.ndarray, prompt: PromptSet, policy: ZoomPolicy | None = ZoomPolicy()) -> Segmentation:
     """Full-slice decode, then, for a small box, a zoomed decode kept if its predicted IoU is higher by a margin."""
     base = segmenter.decode(segmenter.embed(image01), prompt)
+    if prompt.box is not None and box_is_flat(image01, prompt.clipped(image01.shape[:2]).box):
+        # SAM paints blobs even into uniform air (seen: 56 px with predicted IoU 0.68); say so instead.
+        base.mask = np.zeros_like(base.mask)
+        base.flags.append("the box holds no image contrast (uniform background): nothing to segment there")
+        return base
+    return refine_with_zoom(segmenter, image01, prompt, base, policy)
+
+
+def refine_with_zoom(segmenter, image01: np.ndarray, prompt: PromptSet, base: Segmentation,
+                     policy: ZoomPolicy | None = ZoomPolicy()) -> Segmentation:
+    """`base` (a whole-slice result for `prompt`), or the zoomed result when the decoder rates it clearly better."""
     if policy is None or prompt.box is None or not policy.applies(prompt.clipped(image01.shape[:2]).box, image01.shape[:2]):
         return base
     zoomed = segment_zoomed(segmenter, image01, prompt, policy)
     if zoomed.predicted_iou >= base.predicted_iou + ZOOM_IOU_MARGIN:
+        zoomed.label, zoomed.slice_index = base.label, base.slice_index
+        zoomed.notes = base.notes + zoomed.notes[-1:]
+        zoomed.flags = base.flags + zoomed.flags
         return zoomed
     base.notes.append(f"zoom tried: predicted IoU {zoomed.predicted_iou:.2f} vs {base.predicted_iou:.2f} on the whole slice; kept the whole-slice result")
     return base

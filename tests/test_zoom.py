@@ -54,3 +54,10 @@ def test_zoom_needs_a_box(segmenter):
     img, _ = _small_blob()
     with pytest.raises(InvalidPromptError, match="needs a box"):
         segment_zoomed(segmenter, img, PromptSet(points=(Point(90, 150),)))
+
+
+def test_uniform_box_gives_no_mask_and_says_why(segmenter):
+    img, _ = _small_blob()
+    img[:40, :40] = 0.0  # uniform padding in a corner
+    seg = segment_adaptive(segmenter, img, PromptSet.from_box(2, 2, 30, 30))
+    assert seg.is_empty and "no image contrast" in seg.flags[-1]
