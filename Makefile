@@ -31,7 +31,7 @@ system-deps:
 
 run: install
 	$(VENV)/bin/streamlit run app/main.py --server.address $(HOST) --server.port $(PORT) \
-	  --server.headless true --browser.gatherUsageStats false
+	  --server.headless true --browser.gatherUsageStats false -- --demo
 
 test: install system-deps
 	$(PY) -m pytest

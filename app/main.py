@@ -38,8 +38,9 @@ def optional_view(module: str) -> bool:
 def main() -> None:
     st.set_page_config(page_title="clinseg", page_icon=":material/neurology:", layout="wide")
     ws = workstation()
-    from app.views.study import render_info, render_navigation, render_open
+    from app.views.study import open_demo_on_first_start, render_info, render_navigation, render_open
 
+    open_demo_on_first_start(ws)
     with st.sidebar:
         render_open(ws)
         if ws.study is not None:

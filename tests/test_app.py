@@ -81,6 +81,17 @@ def test_start_screen_and_demo(app):
     assert [m.value for m in app.metric][:2] == ["MR", "181×217×40"]
 
 
+def test_make_run_starts_on_the_demo_case(tmp_path, monkeypatch):
+    # `make run` passes `-- --demo`: the first screen already shows the bundled study, once per session
+    monkeypatch.setenv("CLINSEG_WORKLIST", str(tmp_path / "worklist.db"))
+    monkeypatch.setattr("sys.argv", ["app/main.py", "--demo"])
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    assert ws_of(at).study is not None and ws_of(at).study.volume.shape == (40, 217, 181)
+    assert not any("Open the demo study" in i.value for i in at.info)
+
+
 def test_bad_path_and_upload_give_readable_errors(app, tmp_path):
     app.text_input(key="path").set_value(str(tmp_path / "no_such_study.nii.gz"))
     run(app.button(key="FormSubmitter:open_path_form-Open path").click())

@@ -38,7 +38,7 @@ def server_command(port: int) -> list[str]:
     if shutil.which("make") and subprocess.run(["make", "-q", "install"], cwd=ROOT, capture_output=True).returncode == 0:
         return ["make", "-s", "run", f"PORT={port}"]
     return [str(ROOT / ".venv/bin/streamlit"), "run", "app/main.py", "--server.address", "127.0.0.1",
-            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false", "--", "--demo"]
 
 
 class Server:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 from pathlib import Path
 
@@ -55,6 +56,14 @@ def _upload_target(folder: Path) -> Path:
     if len(files) == 1:
         return files[0]
     return folder  # several files: a DICOM series
+
+
+def open_demo_on_first_start(ws: Workstation) -> None:
+    """`make run` passes --demo: a new session starts on the bundled demo case, once."""
+    if "--demo" in sys.argv[1:] and ws.study is None and not st.session_state.get("demo_autoopened"):
+        st.session_state["demo_autoopened"] = True
+        with guarded("open the demo study"):
+            _open(ws, load_study(DEMO, "Colin27 demo (T1 MRI)", "demo"))
 
 
 def render_open(ws: Workstation) -> None:
