@@ -120,6 +120,19 @@ def _require_dicom(volume: Volume, what: str) -> None:
                           "this one came from NIfTI/NRRD/image: export NIfTI or PNG instead.")
 
 
+def _compare_reread(p: Path, masks: dict, back: dict, what: str, min_dice: float) -> dict[str, float]:
+    """Dice of every written mask against the file read back; an ExportError if one is missing or off."""
+    dices = {}
+    for name, m in masks.items():
+        if name not in back:
+            raise ExportError(f"{p.name}: {what} '{name}' is missing when the file is read back.")
+        dices[name] = _dice(m, np.asarray(back[name], bool))
+    worst = min(dices.values())
+    if worst < min_dice:
+        raise ExportError(f"{p.name}: re-read {what}s differ from the masks (Dice {worst:.3f}); the file is not trustworthy.")
+    return dices
+
+
 def export_rtstruct(path: str | os.PathLike, volume: Volume, objects: list[SegObject]) -> ExportedFile:
     from integrations.rtstruct import read_rtstruct, write_rtstruct
 
@@ -130,15 +143,7 @@ def export_rtstruct(path: str | os.PathLike, volume: Volume, objects: list[SegOb
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     write_rtstruct(p, volume, masks, colors=colors)
-    back = read_rtstruct(p, volume)
-    dices = {}
-    for name, m in masks.items():
-        if name not in back.masks:
-            raise ExportError(f"{p.name}: ROI '{name}' is missing when the file is read back.")
-        dices[name] = _dice(m, back.masks[name])
-    worst = min(dices.values())
-    if worst < MIN_CONTOUR_DICE:
-        raise ExportError(f"{p.name}: re-read contours differ from the masks (Dice {worst:.3f}); the file is not trustworthy.")
+    dices = _compare_reread(p, masks, read_rtstruct(p, volume).masks, "ROI", MIN_CONTOUR_DICE)
     return ExportedFile(p, "rtstruct", "pydicom re-read and rasterised: " + ", ".join(f"{n} Dice {d:.3f}" for n, d in dices.items()))
 
 
@@ -152,14 +157,7 @@ def export_dicom_seg(path: str | os.PathLike, volume: Volume, objects: list[SegO
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     dicom_seg.write_seg(p, volume, masks, colors=colors)
-    back_masks = dicom_seg.read_seg(p, volume).masks
-    dices = {}
-    for name, m in masks.items():
-        if name not in back_masks:
-            raise ExportError(f"{p.name}: segment '{name}' is missing when the file is read back.")
-        dices[name] = _dice(m, np.asarray(back_masks[name], bool))
-    if min(dices.values()) < 1.0:
-        raise ExportError(f"{p.name}: re-read segments differ from the masks (Dice {min(dices.values()):.3f}).")
+    dices = _compare_reread(p, masks, dicom_seg.read_seg(p, volume).masks, "segment", 1.0)
     return ExportedFile(p, "dicom-seg", "re-read with pydicom/highdicom: " + ", ".join(f"{n} Dice {d:.3f}" for n, d in dices.items()))
 
 

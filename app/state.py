@@ -157,24 +157,23 @@ def commit(ws: Workstation, objects: tuple[SegObject, ...]) -> None:
         ws.active = ws.objects[-1].oid if ws.objects else None
 
 
-def undo(ws: Workstation) -> bool:
-    if not ws.undo_stack:
+def _step(ws: Workstation, source: list, target: list) -> bool:
+    """Move one snapshot between the undo and redo stacks (undo and redo are mirror images)."""
+    if not source:
         return False
-    ws.redo_stack.append(ws.objects)
-    ws.objects = ws.undo_stack.pop()
+    target.append(ws.objects)
+    ws.objects = source.pop()
     if ws.object(ws.active) is None:
         ws.active = ws.objects[-1].oid if ws.objects else None
     return True
+
+
+def undo(ws: Workstation) -> bool:
+    return _step(ws, ws.undo_stack, ws.redo_stack)
 
 
 def redo(ws: Workstation) -> bool:
-    if not ws.redo_stack:
-        return False
-    ws.undo_stack.append(ws.objects)
-    ws.objects = ws.redo_stack.pop()
-    if ws.object(ws.active) is None:
-        ws.active = ws.objects[-1].oid if ws.objects else None
-    return True
+    return _step(ws, ws.redo_stack, ws.undo_stack)
 
 
 def new_object(ws: Workstation, label: str = "") -> SegObject:

@@ -26,27 +26,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.devdata import all_sets  # noqa: E402
+from bench.simulated_users import jittered_box  # noqa: E402
 from integrations.metrics import box_of, dice  # noqa: E402
 from integrations.windowing import apply_window, default_window, get_window, window_bounds  # noqa: E402
 from models.registry import LITEMEDSAM_PREPROCESSING, build_segmenter  # noqa: E402
 from models.sam_backend import Preprocessing  # noqa: E402
 from models.zoom import ZoomPolicy, segment_adaptive  # noqa: E402
 from prompting.promptset import PromptSet  # noqa: E402
-
-
-def jitter_box(box, shape, rng, frac=0.10):
-    x0, y0, x1, y1 = box
-    w, h = x1 - x0 + 1, y1 - y0 + 1
-    d = rng.uniform(-frac, frac, 4) * np.array([w, h, w, h])
-    H, W = shape
-    j = np.array([x0 + d[0], y0 + d[1], x1 + d[2], y1 + d[3]])
-    j[[0, 2]] = np.clip(j[[0, 2]], 0, W - 1)
-    j[[1, 3]] = np.clip(j[[1, 3]], 0, H - 1)
-    if j[2] - j[0] < 2:
-        j[2] = min(W - 1, j[0] + 2)
-    if j[3] - j[1] < 2:
-        j[3] = min(H - 1, j[1] + 2)
-    return tuple(float(v) for v in j)
 
 
 class Reference:
@@ -105,7 +91,7 @@ def main() -> None:
     sets = all_sets()
     rng = np.random.default_rng(0)
     tight = {k: [box_of(c.mask) for c in v] for k, v in sets.items()}
-    jit = {k: [jitter_box(b, c.mask.shape, rng) for b, c in zip(tight[k], v)] for k, v in sets.items()}
+    jit = {k: [jittered_box(c.mask, rng) for c in v] for k, v in sets.items()}
 
     seg = build_segmenter("litemedsam")
     ref = Reference()
