@@ -77,14 +77,19 @@ def metadata_note(ws: Workstation, prompt: PromptSet, shape: tuple[int, int]) ->
 
 
 def store_segmentation(ws: Workstation, seg, prompt: PromptSet, label: str = "", strokes: tuple = (),
-                       new_object: bool = False) -> SliceResult:
-    """Put a decoded Segmentation on the active (or a new) object for the current slice."""
+                       new_object: bool = False, inputs: tuple = (), fusion: tuple[str, ...] = ()) -> SliceResult:
+    """Put a decoded Segmentation on the active (or a new) object for the current slice.
+
+    `inputs`: the raw per-tool PromptSets this result came from (app/combine.py); `fusion`: the
+    fusion notes when they were mixed."""
     result = SliceResult(
         mask=np.asarray(seg.mask, bool), predicted_iou=float(seg.predicted_iou), prompt=prompt,
         low_res_logits=seg.low_res_logits, uncertainty_map=seg.uncertainty_map, uncertainty=seg.uncertainty,
         notes=tuple(prompt.notes) + tuple(n for n in seg.notes if n not in prompt.notes),
         flags=tuple(f for f in seg.flags) + tuple(f for f in metadata_flags(ws, seg.mask) if f not in seg.flags),
         strokes=tuple(strokes),
+        inputs=tuple(inputs) or (replace(prompt, mask_input=None, notes=()),),
+        fusion=tuple(fusion),
     )
     if new_object:
         from .state import add_object
@@ -99,7 +104,7 @@ def store_segmentation(ws: Workstation, seg, prompt: PromptSet, label: str = "",
 
 
 def run_prompt(ws: Workstation, segmenter, prompt: PromptSet, label: str = "", new_object: bool = False,
-               strokes: tuple = ()) -> SliceResult:
+               strokes: tuple = (), inputs: tuple = (), fusion: tuple[str, ...] = ()) -> SliceResult:
     """Decode `prompt` on the current slice (uncertainty when the map is on) and store the mask."""
     session = slice_session(ws)
     shape = session.image01.shape[:2]
@@ -116,7 +121,7 @@ def run_prompt(ws: Workstation, segmenter, prompt: PromptSet, label: str = "", n
         from models.uncertainty import add_uncertainty
 
         add_uncertainty(segmenter, emb, prompt, seg)
-    return store_segmentation(ws, seg, prompt, label, strokes, new_object)
+    return store_segmentation(ws, seg, prompt, label, strokes, new_object, inputs, fusion)
 
 
 def drawn_to_prompt(ws: Workstation, segmenter, drawn: DrawnPrompt) -> PromptSet:
@@ -159,12 +164,67 @@ def scribble_prompt(ws: Workstation, segmenter, emb, previous: SliceResult | Non
     return (replace(prompt, label=label) if label else prompt), strokes
 
 
+def previous_result(ws: Workstation) -> SliceResult | None:
+    """The active object's result on the current slice (what a new input adds to)."""
+    obj = ws.active_object
+    return obj.result(ws.slice_index) if obj is not None else None
+
+
+def run_fused(ws: Workstation, segmenter, inputs: tuple, previous: SliceResult | None, strokes: tuple = (),
+              label: str = "") -> SliceResult:
+    """Mixed inputs for one object -> prompting.fusion -> decode; the fusion notes go on the result."""
+    from .combine import fuse_inputs
+
+    session = slice_session(ws)
+    emb = segmenter.embed(session.image01)
+    fused = fuse_inputs(segmenter, emb, session.image01, inputs,
+                        previous.prompt if previous is not None else None,
+                        previous.low_res_logits if previous is not None else None, strokes)
+    return run_prompt(ws, segmenter, fused.prompt, label=label, strokes=strokes, inputs=inputs, fusion=fused.notes)
+
+
 def apply_drawn(ws: Workstation, segmenter, drawn: DrawnPrompt) -> SliceResult:
+    """One drawn/typed input: fused with the object's other kinds of input on this slice, or, while
+    all its inputs are of one kind, refined by that tool's own path."""
+    from .combine import is_mixed, merged_inputs, raw_click, raw_scribble
+
+    previous = previous_result(ws)
+    earlier_strokes = tuple(previous.strokes) if previous is not None else ()
+    stroke = None
+    if drawn.kind == "scribble":
+        from prompting.scribbles import Scribble
+
+        stroke = Scribble.of(drawn.points, width=3.0, positive=drawn.positive)
+        raw = raw_scribble(stroke)
+    elif drawn.kind == "click":
+        (x, y), = drawn.points
+        raw = raw_click(x, y, drawn.positive)
+    elif drawn.kind == "box":
+        x0, y0, x1, y1 = drawn.box()
+        raw = PromptSet.from_box(round(x0), round(y0), round(x1), round(y1))
+    else:
+        raise InvalidPromptError(f"unknown prompt kind {drawn.kind!r}.")
+    inputs = merged_inputs(previous.inputs if previous is not None else (), raw)
+    if is_mixed(inputs):
+        strokes = earlier_strokes + ((stroke,) if stroke is not None else ())
+        return run_fused(ws, segmenter, inputs, previous, strokes)
     if drawn.kind == "scribble":
         session = slice_session(ws)
         obj = ws.active_object
-        previous = obj.result(ws.slice_index) if obj is not None else None
         prompt, strokes = scribble_prompt(ws, segmenter, segmenter.embed(session.image01), previous, drawn,
                                           obj.label if obj is not None else "")
-        return run_prompt(ws, segmenter, prompt, strokes=strokes)
-    return run_prompt(ws, segmenter, drawn_to_prompt(ws, segmenter, drawn))
+        return run_prompt(ws, segmenter, prompt, strokes=strokes, inputs=inputs)
+    return run_prompt(ws, segmenter, drawn_to_prompt(ws, segmenter, drawn), inputs=inputs)
+
+
+def apply_gaze(ws: Workstation, segmenter, prompt: PromptSet, segmentation, label: str = "") -> SliceResult:
+    """A gaze proposal for the active object: stored as decoded, or fused with the object's other
+    inputs on this slice (a click, a box, a text box) when there are any."""
+    from .combine import is_mixed, merged_inputs
+
+    previous = previous_result(ws)
+    raw = replace(prompt, mask_input=None, notes=())
+    inputs = merged_inputs(previous.inputs if previous is not None else (), raw)
+    if is_mixed(inputs):
+        return run_fused(ws, segmenter, inputs, previous, tuple(previous.strokes) if previous is not None else (), label)
+    return store_segmentation(ws, segmentation, prompt, label=label, inputs=inputs)

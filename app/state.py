@@ -51,6 +51,8 @@ class SliceResult:
     notes: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
     strokes: tuple = ()  # prompting.scribbles.Scribble strokes drawn on this slice so far
+    inputs: tuple = ()  # the raw PromptSet of each input given for this result (app/combine.py)
+    fusion: tuple[str, ...] = ()  # what fusion kept/widened/rejected and why, when the inputs were mixed
 
     @property
     def area_px(self) -> int:

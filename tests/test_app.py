@@ -468,3 +468,49 @@ def test_mouse_as_gaze_clicks_become_fixations(segmenter):
     assert last.cluster.dwell_s >= 2 * CLICK_DWELL_S - 0.05
     b = last.prompt.box
     assert b.x0 <= 66 <= b.x1 and b.y0 <= 130 <= b.y1 and last.segmentation.mask.any()
+
+
+# -- mixed prompts: fusion ----------------------------------------------------------------------------
+def test_inputs_of_one_object_merge_by_kind():
+    from app.combine import input_kind, is_mixed, merged_inputs, raw_click
+    from prompting.promptset import PromptSet, PromptSource
+
+    box = PromptSet.from_box(1, 2, 30, 40)
+    text = PromptSet.from_box(5, 5, 20, 20, source=PromptSource.TEXT)
+    c1, c2 = raw_click(10, 10, True), raw_click(12, 12, False)
+    assert [input_kind(p) for p in (box, text, c1)] == ["box", "text", "click"]
+    assert merged_inputs((c1,), c2) == (c1, c2) and not is_mixed((c1, c2))  # clicks add up
+    redrawn = PromptSet.from_box(2, 2, 31, 41)
+    assert merged_inputs((box, c1), redrawn) == (c1, redrawn)  # a redrawn box replaces the old one
+    assert is_mixed(merged_inputs((text,), c1))
+
+
+def test_box_and_negative_click_are_fused(app):
+    ws = open_demo(app)
+    typed(app, DEMO_BOX)
+    box_only = ws_of(app).objects[0].result(20)
+    assert box_only.fusion == ()  # one kind of input: no fusion
+    ys, xs = np.nonzero(box_only.mask)
+    i = int(np.argmax(xs))
+    nx, ny = int(xs[i]) - 3, int(ys[i])  # just inside the mask's right edge: "not this part"
+    assert box_only.mask[ny, nx]
+    set_tool(app, "Click −")
+    typed(app, f"{nx} {ny}")
+    assert not errors(app), errors(app)
+    r = ws_of(app).objects[0].result(20)
+    # the fused prompt was decoded: the drawn box kept, the negative click inside it kept
+    assert r.prompt.box is not None and (r.prompt.box.x0, r.prompt.box.y0, r.prompt.box.x1, r.prompt.box.y1) == (60, 80, 120, 140)
+    assert [(p.x, p.y, p.positive) for p in r.prompt.points] == [(nx, ny, False)]
+    assert r.fusion and r.fusion[0].startswith("fused box + click: kept the box box (60, 80, 120, 140), 0 positive / 1 negative")
+    # the result differs from the box alone, and the clicked pixel left the mask
+    assert not r.mask[ny, nx]
+    assert not np.array_equal(r.mask, box_only.mask) and 0 < r.area_px < box_only.area_px
+    # the notes are on the page, beside the object
+    assert any("Prompts fused" in i.value and "negative" in i.value for i in app.info), [i.value for i in app.info]
+    # a positive click far outside the box: fusion rejects it and says why (the box is not stretched)
+    set_tool(app, "Click +")
+    typed(app, "170 20")
+    r2 = ws_of(app).objects[0].result(20)
+    assert any("rejected the click point at (170, 20)" in n for n in r2.fusion), r2.fusion
+    assert r2.prompt.box.x1 == 120 and not r2.mask[20, 170]
+    assert any("rejected the click point" in i.value for i in app.info)

@@ -85,7 +85,7 @@ def apply_gaze(ws: Workstation, job: Job, proposal) -> None:
         ws.messages.append(("warning", "The gaze replay finished for another slice; replay it again here."))
         return
     label = "" if ws.active_object is not None else "gaze"
-    after_prompt(ws, actions.store_segmentation(ws, proposal.segmentation, proposal.prompt, label=label))
+    after_prompt(ws, actions.apply_gaze(ws, get_segmenter(), proposal.prompt, proposal.segmentation, label=label))
 
 
 def render_replay(ws: Workstation) -> None:
@@ -145,7 +145,7 @@ def render_mouse_view(ws: Workstation, board, layout, viewer, vp) -> None:
                 from .segment import after_prompt
 
                 label = "" if ws.active_object is not None else "gaze"
-                after_prompt(ws, actions.store_segmentation(ws, update.segmentation, update.prompt, label=label))
+                after_prompt(ws, actions.apply_gaze(ws, get_segmenter(), update.prompt, update.segmentation, label=label))
                 st.rerun()
     if st.button("Not this (reject the dwell)", key="gaze_reject", icon=":material/block:"):
         with guarded("reject the gaze dwell"):
@@ -153,7 +153,7 @@ def render_mouse_view(ws: Workstation, board, layout, viewer, vp) -> None:
             if update is not None:
                 from .segment import after_prompt
 
-                after_prompt(ws, actions.store_segmentation(ws, update.segmentation, update.prompt))
+                after_prompt(ws, actions.apply_gaze(ws, get_segmenter(), update.prompt, update.segmentation))
             st.rerun()
 
 

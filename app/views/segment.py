@@ -50,6 +50,8 @@ def after_prompt(ws: Workstation, result) -> None:
                              "or add a positive click inside it.")
     else:
         flash(ws, "success", f"Mask updated: {area:.1f} mm² (predicted IoU {result.predicted_iou:.2f}).")
+    if result.fusion:
+        flash(ws, "info", "Prompts fused: " + "; ".join(result.fusion))
     for f in result.flags:
         flash(ws, "warning", f"Check: {f}")
     ws.canvas_nonce += 1
@@ -139,7 +141,10 @@ def render_objects(ws: Workstation) -> None:
                 if r.uncertainty is not None:
                     text += f" · uncertainty {r.uncertainty:.2f}"
             st.caption(text, help="area = mask pixels × pixel spacing; volume = all slices' voxels × voxel size")
-            if r is not None and r.notes:
+            if r is not None and r.fusion:
+                st.info("**Prompts fused** (" + ", then ".join(r.fusion[:1]) + ")  \n" +
+                        "\n".join(f"- {n}" for n in r.fusion[1:]), icon=":material/merge:")
+            elif r is not None and r.notes:
                 st.caption("How the prompt was understood: " + "; ".join(r.notes[-3:]))
             for f in (r.flags if r is not None else ()):
                 st.warning(f)
