@@ -421,31 +421,112 @@ def test_gaze_replay_of_a_recording(app, tmp_path):
     assert any("Cannot replay the recording" in e and "gaze.csv" in e for e in errors(app)), errors(app)
 
 
-def test_live_tracker_status_from_a_fake_neon(app):
-    """The real pupil_labs client (through integrations.pupil_device) against tests/fake_neon.py."""
+def _scene_camera(layout):
+    """The marker board as a head-worn scene camera sees it (800x600, a little from the side) and the
+    board -> scene homography (to aim the fake device's gaze)."""
+    import cv2
+
+    from integrations.screen_mapping import render_marker_board
+
+    board = render_marker_board(layout)
+    bh, bw = board.shape
+    src = np.float32([[0, 0], [bw, 0], [bw, bh], [0, bh]])
+    dst = np.float32([[120, 70], [700, 95], [690, 560], [110, 530]])
+    H = cv2.getPerspectiveTransform(src, dst)
+    return cv2.warpPerspective(board, H, (800, 600), borderValue=90), H
+
+
+def _wait_page(at, pred, timeout: float, what: str):
     import time
 
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        run(at)
+        if pred():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}: {[m.value for m in at.metric]} {[w.value for w in at.warning]}")
+
+
+def test_live_tracker_drives_the_mask(app):
+    """Real pupil_labs client (integrations.pupil_device) against tests/fake_neon.py on 127.0.0.1:
+    connect, status, gaze -> fixations -> mask, reject a dwell, the device vanishes -> message.
+
+    The Realtime API streams the scene camera as RTSP video, which the fake cannot serve: a thread
+    here plays the scene camera, handing the link real rendered frames of the marker board (the
+    same frames the worker would decode), 10 per second."""
+    import threading
+    import time
+
+    from app.views.gaze_panel import LIVE_KEY, current_geometry
     from tests.fake_neon import FakeNeon
 
-    open_demo(app)
+    ws = open_demo(app)
     run(app.radio(key="gaze_mode").set_value("Live tracker"))
-    with FakeNeon(battery=64) as dev:
+    layout, viewer, _ = current_geometry(ws)
+    frame, H = _scene_camera(layout)
+    rng = np.random.default_rng(1)
+    look = {"at": (140.0, 60.0)}  # first a wrong place (right frontal), then the left putamen
+
+    def gaze(t):
+        sx, sy = viewer.image_to_screen(*look["at"])
+        p = H @ np.array([sx, sy, 1.0])
+        return p[0] / p[2] + rng.normal(0, 0.3), p[1] / p[2] + rng.normal(0, 0.3), True
+
+    stop = threading.Event()
+    with FakeNeon(gaze=gaze, battery=64, eye_events=False) as dev:
         app.text_input(key="gaze_address").set_value("127.0.0.1")
         app.number_input(key="gaze_port").set_value(dev.port)
         run(app.button(key="gaze_connect").click())
         assert not errors(app), errors(app)
-        metrics = {}
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 20:
-            run(app)
+        link = app.session_state[LIVE_KEY]
+
+        def camera():
+            while not stop.is_set():
+                link.feed_frame(frame, time.time())
+                time.sleep(0.1)
+
+        cam = threading.Thread(target=camera, daemon=True)
+        cam.start()
+        try:
+            def mask_at(xy):
+                """A mask centred where the user looks (a dwell on one spot covers a structure's core)."""
+                o = ws_of(app).active_object
+                r = o.result(20) if o is not None else None
+                if r is None or not r.mask.any():
+                    return False
+                ys, xs = np.nonzero(r.mask)
+                return bool(np.hypot(xs.mean() - xy[0], ys.mean() - xy[1]) < 10)
+
+            _wait_page(app, lambda: mask_at(look["at"]), 90, "a mask where the user looks")
             metrics = {m.label: m.value for m in app.metric}
-            if metrics.get("Connection") == "connected" and metrics.get("Gaze rate") not in (None, "0 Hz"):
-                break
-            time.sleep(0.5)
-        assert metrics.get("Connection") == "connected", metrics
-        assert metrics.get("Battery") == "64 %" and metrics.get("Worn") == "yes", metrics
-        run(app.button(key="gaze_stop").click())
-        assert "gaze_worker" not in app.session_state
+            assert metrics["Connection"] == "connected" and metrics["Battery"] == "64 %" and metrics["Worn"] == "yes"
+            assert [o.label for o in ws_of(app).objects] == ["gaze"]
+            assert link.counts.frames > 0 and link.counts.on_image > 0
+            assert any(c.value.startswith("Gaze on the image:") for c in app.caption)
+            # "not this": the dwell becomes a negative point; looking at the putamen then segments it
+            run(app.button(key="gaze_live_reject").click())
+            look["at"] = (67.0, 127.0)
+            _wait_page(app, lambda: mask_at(look["at"]), 90, "the mask to follow the gaze")
+            r = ws_of(app).objects[0].result(20)
+            neg = [p for p in r.prompt.points if not p.positive]
+            assert neg and min(np.hypot(p.x - 140, p.y - 60) for p in neg) < 10, r.prompt.points
+            assert not r.mask[60, 140]
+            # the phone leaves the network: a readable message, and the page keeps working
+            dev.vanish()
+            _wait_page(app, lambda: any("not answering" in w.value for w in app.warning), 30, "the lost-device message")
+            assert not errors(app), errors(app)
+            kept = ws_of(app).objects[0].result(20).mask.copy()
+            run(app.radio(key="gaze_mode").set_value("Off"))
+            run(app.button(key="new_object").click())
+            typed(app, DEMO_BOX)
+            assert len(ws_of(app).objects) == 2 and np.array_equal(ws_of(app).objects[0].result(20).mask, kept)
+            run(app.radio(key="gaze_mode").set_value("Live tracker"))
+            run(app.button(key="gaze_stop").click())
+            assert LIVE_KEY not in app.session_state and not link.worker.running
+        finally:
+            stop.set()
+            link.stop()
 
 
 def test_mouse_as_gaze_clicks_become_fixations(segmenter):

@@ -2,7 +2,8 @@
 - replay a Pupil Cloud recording (integrations.gaze_recording: scene video -> AprilTag homography ->
   slice pixels), as a background job;
 - the mouse as gaze: each click on the image is a 300 ms dwell (for demos, users without a tracker);
-- a live Pupil Labs tracker (integrations.pupil_device): connect, status, pause, stop.
+- a live Pupil Labs tracker (integrations.pupil_device through app.live_gaze): connect, status,
+  pause, stop; fixations re-decode the mask as they arrive (polled by a fragment, never blocking).
 While gaze is on, the image is shown 1:1 inside a board of tag36h11 markers for the screen mapping.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from . import get_segmenter, guarded, show_error
 
 MODES = ("Off", "Replay a recording", "Mouse as gaze", "Live tracker")
 CLICK_DWELL_S = 0.3  # a mouse click stands for a fixation this long
-MOUSE_KEY, WORKER_KEY = "gaze_mouse", "gaze_worker"
+MOUSE_KEY = "gaze_mouse"
 
 
 def gaze_mode() -> str:
@@ -158,44 +159,130 @@ def render_mouse_view(ws: Workstation, board, layout, viewer, vp) -> None:
 
 
 # -- live tracker --------------------------------------------------------------------------------------
-@st.fragment(run_every=1.0)
-def _live_status() -> None:
-    worker = st.session_state.get(WORKER_KEY)
-    if worker is None:
+LIVE_KEY = "gaze_live"  # app.live_gaze.LiveGazeLink while a tracker is connected
+POLL_S = 0.5  # how often the page drains the device worker (the worker itself never waits on the page)
+
+
+def live_link():
+    return st.session_state.get(LIVE_KEY)
+
+
+def connect_live(address: str, port: int):
+    """Start the device worker (returns at once: connecting happens in its thread) and its link."""
+    from integrations.pupil_device import GazeStreamWorker
+
+    from ..live_gaze import LiveGazeLink
+
+    link = LiveGazeLink(GazeStreamWorker(address, int(port)).start(), get_segmenter())
+    st.session_state[LIVE_KEY] = link
+    return link
+
+
+def disconnect_live() -> None:
+    link = st.session_state.pop(LIVE_KEY, None)
+    if link is not None:
+        link.stop()
+
+
+def store_live_update(ws: Workstation, update) -> None:
+    """A new live mask: on the active object (the first one makes a 'gaze' object)."""
+    from .segment import after_prompt
+
+    label = "" if ws.active_object is not None else "gaze"
+    after_prompt(ws, actions.apply_gaze(ws, get_segmenter(), update.prompt, update.segmentation, label=label))
+
+
+def live_status_message(s) -> tuple[str, str] | None:
+    """(level, text) to show for a device state other than streaming (None: nothing to say)."""
+    if s.connection == "lost":
+        return "warning", (f"The eye tracker is not answering: {s.message or 'connection lost'}. The masks so far are "
+                           "kept and every tool still works; it reconnects by itself when the device is back, or "
+                           "press Disconnect.")
+    if s.connection == "connecting":
+        return "info", "Connecting to the eye tracker..."
+    if s.connection == "connected" and s.worn is False:
+        return "warning", "The glasses are not worn: no gaze is used until they are put on."
+    return None
+
+
+@st.fragment(run_every=POLL_S)
+def live_poll(ws: Workstation) -> None:
+    """Device status and new gaze, every POLL_S: drains the worker, re-decodes, refreshes the page
+    when a new mask came (a full rerun: the overlay and the objects list follow)."""
+    link = live_link()
+    if link is None:
         return
-    s = worker.status()
+    s = link.worker.status()
     c = st.columns(4)
     c[0].metric("Connection", s.connection)
     c[1].metric("Battery", f"{s.battery_percent} %" if s.battery_percent is not None else "–")
     c[2].metric("Worn", {True: "yes", False: "no", None: "–"}[s.worn])
     c[3].metric("Gaze rate", f"{s.gaze_rate_hz:.0f} Hz")
-    if s.message:
-        st.caption(s.message)
+    msg = live_status_message(s)
+    if msg is not None:
+        getattr(st, msg[0])(msg[1])
+    n = link.counts
+    st.caption(f"Gaze on the image: {n.on_image} of {n.received} samples · scene frames mapped: {n.frames}"
+               + (f" ({n.frames_failed} without enough markers)" if n.frames_failed else "")
+               + f" · masks: {n.updates}" + (" · fixations from the device" if s.eye_events else ""))
+    if n.received and not n.on_image and n.last_frame_error:
+        st.caption(n.last_frame_error)
+    if s.connection in ("paused", "stopped"):
+        return
+    update = None
+    with guarded("segment from the live gaze"):
+        update = link.poll()
+    if update is not None:
+        with guarded("segment from the live gaze"):
+            store_live_update(ws, update)
+            st.rerun()
 
 
 def render_live(ws: Workstation) -> None:
-    worker = st.session_state.get(WORKER_KEY)
+    link = live_link()
     c = st.columns([3, 1])
     address = c[0].text_input("Companion device address (phone IP)", key="gaze_address", placeholder="192.168.1.20")
     port = c[1].number_input("Port", 1, 65535, 8080, key="gaze_port")
     b = st.columns(3)
-    if worker is None and b[0].button("Connect", key="gaze_connect", icon=":material/link:") and address.strip():
-        with guarded("connect to the eye tracker"):
-            from integrations.pupil_device import GazeStreamWorker
+    if link is None:
+        if b[0].button("Connect", key="gaze_connect", icon=":material/link:") and address.strip():
+            with guarded("connect to the eye tracker"):
+                connect_live(address.strip(), int(port))
+                st.rerun()
+        st.caption("Connect to a Neon / Pupil Invisible Companion app on this network (same Wi-Fi); its "
+                   "address is shown in the app's stream settings.")
+        return
+    paused = link.worker.status().connection == "paused"
+    if b[0].button("Resume" if paused else "Pause", key="gaze_pause", icon=":material/pause:" if not paused else ":material/play_arrow:"):
+        link.worker.resume() if paused else link.worker.pause()
+        st.rerun()
+    if b[1].button("Disconnect", key="gaze_stop", icon=":material/link_off:"):
+        disconnect_live()
+        st.rerun()
+    if b[2].button("Not this (reject the dwell)", key="gaze_live_reject", icon=":material/block:",
+                   help="The place you looked at longest becomes a negative point; the mask is decoded again."):
+        with guarded("reject the gaze dwell"):
+            update = link.reject()
+            if update is not None:
+                store_live_update(ws, update)
+            st.rerun()
+    st.caption("Look at the structure: gaze is mapped to the image through the markers around it (scene camera), "
+               "fixations become a box, and the mask follows as you look. Keep the markers visible.")
 
-            st.session_state[WORKER_KEY] = GazeStreamWorker(address.strip(), int(port)).start()
-            st.rerun()
-    if worker is not None:
-        paused = worker.status().connection == "paused"
-        if b[0].button("Resume" if paused else "Pause", key="gaze_pause"):
-            worker.resume() if paused else worker.pause()
-        if b[1].button("Disconnect", key="gaze_stop", icon=":material/link_off:"):
-            worker.stop()
-            st.session_state.pop(WORKER_KEY, None)
-            st.rerun()
-        _live_status()
-        st.caption("Gaze arrives in scene-camera pixels; it is mapped to the image through the markers "
-                   "around it when scene frames are available (replay a recording of this view to segment).")
+
+def render_live_view(ws: Workstation, board, layout, viewer, vp) -> None:
+    """The board for the tracker's scene camera, then the polling fragment (status + new masks)."""
+    st.image(board, width=board.shape[1], caption="Gaze on: keep the markers visible to the scene camera.")
+    link = live_link()
+    if link is None:
+        return
+    from ..live_gaze import LiveView
+
+    with guarded("prepare the live gaze session"):
+        view = LiveView((id(ws.study), ws.slice_index, ws.window, ws.zoom, ws.center), layout, viewer)
+        if view.key != (link.view.key if link.view is not None else None):
+            link.set_view(view, actions.slice_session(ws).image01, viewing_geometry(vp))
+        live_poll(ws)
 
 
 def render_gaze_view(ws: Workstation, shown, vp) -> None:
@@ -204,6 +291,8 @@ def render_gaze_view(ws: Workstation, shown, vp) -> None:
     board = apriltag_frame(shown, layout, viewer)
     if gaze_mode() == "Mouse as gaze":
         render_mouse_view(ws, board, layout, viewer, vp)
+    elif gaze_mode() == "Live tracker":
+        render_live_view(ws, board, layout, viewer, vp)
     else:
         st.image(board, width=board.shape[1], caption="Gaze on: keep the markers visible to the scene camera.")
 
