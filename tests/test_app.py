@@ -595,3 +595,43 @@ def test_box_and_negative_click_are_fused(app):
     assert any("rejected the click point at (170, 20)" in n for n in r2.fusion), r2.fusion
     assert r2.prompt.box.x1 == 120 and not r2.mask[20, 170]
     assert any("rejected the click point" in i.value for i in app.info)
+
+
+def test_text_box_and_gaze_fuse_with_clicks(segmenter):
+    """The other mixes, straight through app.actions: a text query's box + a click inside it; a gaze
+    proposal + a click just outside its box (fusion widens the box and says so)."""
+    from dataclasses import replace as dc_replace
+
+    from app import actions
+    from app.combine import input_kind
+    from app.prompts import DrawnPrompt
+    from app.state import Workstation, add_object, open_study
+    from app.views.study import DEMO, load_study
+    from prompting.promptset import Point, PromptSet, PromptSource
+
+    ws = Workstation()
+    open_study(ws, load_study(DEMO, "demo", "demo"))
+    text_box = PromptSet.from_box(58, 108, 80, 142, source=PromptSource.TEXT, confidence=0.8, label="Putamen_L")
+    first = actions.run_prompt(ws, segmenter, text_box, label="Putamen_L", new_object=True)
+    assert first.fusion == ()
+    r = actions.apply_drawn(ws, segmenter, DrawnPrompt("click", True, ((68.0, 126.0),)))
+    assert r.prompt.box.source == PromptSource.TEXT and (r.prompt.box.x0, r.prompt.box.x1) == (58, 80)
+    assert [(p.x, p.y, p.positive) for p in r.prompt.points] == [(68, 126, True)]
+    assert r.fusion[0].startswith("fused text + click: kept the text box") and r.area_px > 0
+
+    # gaze first (as the gaze panel stores it), then a click a little outside the gaze box
+    add_object(ws, "gaze")
+    session = actions.slice_session(ws)
+    emb = segmenter.embed(session.image01)
+    gaze = PromptSet.from_box(60, 112, 76, 138, source=PromptSource.GAZE, confidence=0.6).with_points(
+        Point(67, 126, True, PromptSource.GAZE))
+    actions.apply_gaze(ws, segmenter, gaze, segmenter.decode(emb, gaze), label="gaze")
+    assert ws.active_object.result(ws.slice_index).fusion == ()
+    r = actions.apply_drawn(ws, segmenter, DrawnPrompt("click", True, ((80.0, 126.0),)))
+    assert any("widened the gaze box to take in the click point at (80, 126)" in n for n in r.fusion), r.fusion
+    assert r.prompt.box.x1 >= 80 and {p.source for p in r.prompt.points} == {PromptSource.GAZE, PromptSource.CLICK}
+    # a newer gaze proposal replaces the old one and is fused with the click again
+    newer = dc_replace(gaze, box=dc_replace(gaze.box, x0=62.0))
+    r2 = actions.apply_gaze(ws, segmenter, newer, segmenter.decode(emb, newer))
+    assert [input_kind(p) for p in r2.inputs] == ["click", "gaze"]
+    assert r2.fusion and r2.prompt.box.x1 >= 80
