@@ -90,9 +90,9 @@ def summary(inputs: Sequence[PromptSet], fused: PromptSet) -> str:
     neg = len(fused.points) - pos
     given = sum(len(p.points) for p in inputs)
     b = fused.box
-    box = (f"the {b.source.value} box ({b.x0:.0f}, {b.y0:.0f}, {b.x1:.0f}, {b.y1:.0f})" if b is not None
-           else "no box (points only)")
-    return (f"fused {_describe(inputs)}: kept {box}, {pos} positive / {neg} negative point(s) of {given} given"
+    who = "drawn" if b is not None and b.source == PromptSource.BOX else (b.source.value if b is not None else "")
+    box = f"the {who} box ({b.x0:.0f}, {b.y0:.0f}, {b.x1:.0f}, {b.y1:.0f})" if b is not None else "no box (points only)"
+    return (f"{_describe(inputs)}: kept {box}, {pos} positive / {neg} negative point(s) of {given} given"
             + (f", {given - len(fused.points)} dropped" if given > len(fused.points) else ""))
 
 

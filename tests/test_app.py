@@ -582,7 +582,7 @@ def test_box_and_negative_click_are_fused(app):
     # the fused prompt was decoded: the drawn box kept, the negative click inside it kept
     assert r.prompt.box is not None and (r.prompt.box.x0, r.prompt.box.y0, r.prompt.box.x1, r.prompt.box.y1) == (60, 80, 120, 140)
     assert [(p.x, p.y, p.positive) for p in r.prompt.points] == [(nx, ny, False)]
-    assert r.fusion and r.fusion[0].startswith("fused box + click: kept the box box (60, 80, 120, 140), 0 positive / 1 negative")
+    assert r.fusion and r.fusion[0].startswith("box + click: kept the drawn box (60, 80, 120, 140), 0 positive / 1 negative")
     # the result differs from the box alone, and the clicked pixel left the mask
     assert not r.mask[ny, nx]
     assert not np.array_equal(r.mask, box_only.mask) and 0 < r.area_px < box_only.area_px
@@ -617,7 +617,7 @@ def test_text_box_and_gaze_fuse_with_clicks(segmenter):
     r = actions.apply_drawn(ws, segmenter, DrawnPrompt("click", True, ((68.0, 126.0),)))
     assert r.prompt.box.source == PromptSource.TEXT and (r.prompt.box.x0, r.prompt.box.x1) == (58, 80)
     assert [(p.x, p.y, p.positive) for p in r.prompt.points] == [(68, 126, True)]
-    assert r.fusion[0].startswith("fused text + click: kept the text box") and r.area_px > 0
+    assert r.fusion[0].startswith("text + click: kept the text box") and r.area_px > 0
 
     # gaze first (as the gaze panel stores it), then a click a little outside the gaze box
     add_object(ws, "gaze")

@@ -239,6 +239,51 @@ def _click_in_component_iframe(d, title_part: str, x: int, y: int) -> None:
         d.switch_to.default_content()
 
 
+def fusion_shot(d, shot) -> None:
+    """After a box: a negative click inside it -> box + click fused (prompting.fusion), notes shown."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    click_text(d, "Click −")
+    idle(d)
+    canvas = wait_for(lambda: drawing_canvas(d), 60, "canvas")
+    w, h = canvas.size["width"], canvas.size["height"]
+    ActionChains(d).move_to_element_with_offset(canvas, int(235 - w / 2), int(300 - h / 2)).click().perform()
+    wait_for(lambda: "Prompts fused" in body_text(d), 240, "the fusion notes")
+    idle(d)
+    shot("fusion")
+
+
+def live_shot(d, shot) -> None:
+    """The live tracker panel connected to the fake Neon (tests/fake_neon.py, the real client)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.fake_neon import FakeNeon
+
+    with FakeNeon(battery=71, eye_events=False) as dev:
+        click_text(d, "Live tracker")
+        idle(d)
+        addr = wait_for(lambda: d.find_element(By.CSS_SELECTOR, "input[aria-label='Companion device address (phone IP)']"), 30, "address")
+        addr.send_keys("127.0.0.1" + Keys.ENTER)
+        idle(d)
+        port = d.find_element(By.CSS_SELECTOR, "input[aria-label='Port']")
+        port.send_keys(Keys.CONTROL, "a")
+        port.send_keys(str(dev.port) + Keys.ENTER)
+        idle(d)
+        click_button(d, "Connect")
+        wait_for(lambda: "Gaze on the image" in body_text(d) and "connected" in body_text(d), 60, "the live status", 1.0)
+        time.sleep(2.0)
+        metric = wait_for(lambda: next((e for e in d.find_elements(By.CSS_SELECTOR, "[data-testid='stMetric']")
+                                        if "Connection" in e.text), None), 30, "the status metrics")
+        d.execute_script("arguments[0].scrollIntoView({block: 'center'});", metric)
+        time.sleep(1.0)
+        shot("gaze_live")
+        click_button(d, "Disconnect")
+        idle(d)
+
+
 def gaze_and_rest(d, shot) -> None:
     click_text(d, "Mouse as gaze")
     idle(d)
@@ -248,6 +293,7 @@ def gaze_and_rest(d, shot) -> None:
         _click_in_component_iframe(d, "streamlit_image_coordinates", x, y)
         idle(d)
     shot("gaze")
+    live_shot(d, shot)
     click_text(d, "Off")
     idle(d)
     click_text(d, "Clinical info")
@@ -290,7 +336,9 @@ def documentation_screenshots(out: Path, start_at: str = "") -> None:
         canvas = open_demo(d, server.url)
         box_on_canvas(d, canvas)
         shot("box")
-        if start_at == "gaze":
+        if start_at in ("gaze", "fusion"):
+            if start_at == "fusion":
+                fusion_shot(d, shot)
             click_text(d, "Box")
             return gaze_and_rest(d, shot)
         click_text(d, "Click +")
@@ -319,6 +367,13 @@ def documentation_screenshots(out: Path, start_at: str = "") -> None:
         wait_for(lambda: "Mask updated" in body_text(d), 240, "the mask")
         idle(d)
         shot("uncertainty")
+        click_button(d, "New")
+        canvas = canvas_now()
+        drag(d, canvas, 90, 150, 260, 420)
+        wait_for(lambda: "Mask updated" in body_text(d), 240, "the mask")
+        idle(d)
+        fusion_shot(d, shot)
+        click_text(d, "Box")
         gaze_and_rest(d, shot)
     finally:
         if d is not None:

@@ -142,8 +142,8 @@ def render_objects(ws: Workstation) -> None:
                     text += f" · uncertainty {r.uncertainty:.2f}"
             st.caption(text, help="area = mask pixels × pixel spacing; volume = all slices' voxels × voxel size")
             if r is not None and r.fusion:
-                st.info("**Prompts fused** (" + ", then ".join(r.fusion[:1]) + ")  \n" +
-                        "\n".join(f"- {n}" for n in r.fusion[1:]), icon=":material/merge:")
+                st.info(f"**Prompts fused**: {r.fusion[0]}  \n" + "\n".join(f"- {n}" for n in r.fusion[1:]),
+                        icon=":material/merge:")
             elif r is not None and r.notes:
                 st.caption("How the prompt was understood: " + "; ".join(r.notes[-3:]))
             for f in (r.flags if r is not None else ()):
