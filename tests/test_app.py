@@ -473,6 +473,9 @@ def test_live_tracker_drives_the_mask(app):
         p = H @ np.array([sx, sy, 1.0])
         return p[0] / p[2] + rng.normal(0, 0.3), p[1] / p[2] + rng.normal(0, 0.3), True
 
+    # mDNS discovery on this network: nothing announces itself here, and the page says so
+    run(app.button(key="gaze_discover").click())
+    assert any("No Companion device answered" in c.value for c in app.caption), errors(app)
     stop = threading.Event()
     with FakeNeon(gaze=gaze, battery=64, eye_events=False) as dev:
         app.text_input(key="gaze_address").set_value("127.0.0.1")

@@ -249,6 +249,20 @@ def render_live(ws: Workstation) -> None:
             with guarded("connect to the eye tracker"):
                 connect_live(address.strip(), int(port))
                 st.rerun()
+        if b[1].button("Find devices", key="gaze_discover", icon=":material/search:",
+                       help="Companion apps announcing themselves on this local network (mDNS, ~2 s)."):
+            with guarded("look for eye trackers"), st.spinner("Looking for Companion devices on this network..."):
+                from integrations.pupil_device import discover_devices
+
+                found = discover_devices(search_s=2.0)
+                st.session_state["gaze_found"] = [(d.name, d.address, d.port) for d in found]
+        found = st.session_state.get("gaze_found")
+        if found is not None:
+            if found:
+                st.caption("Found: " + ", ".join(f"{n} at {a}:{p}" for n, a, p in found) + " (type the address above).")
+            else:
+                st.caption("No Companion device answered: check that the phone is on this network with the "
+                           "Companion app open, or type its address.")
         st.caption("Connect to a Neon / Pupil Invisible Companion app on this network (same Wi-Fi); its "
                    "address is shown in the app's stream settings.")
         return
