@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 import warnings
@@ -26,11 +27,18 @@ import torch.nn as nn
 from segment_anything.modeling import Sam
 
 OPSET = 17
+# Bumped whenever the set or the signature of the exported graphs changes: part of the export
+# folder's name, so an older export is never loaded by newer code (it is re-made and re-validated).
+# 2: + decoder_prep.onnx / decoder_nomask.onnx (the image-only part of the decoder, once per slice).
+EXPORT_FORMAT = 2
 ONNX_DIR_ENV = "CLINSEG_ONNX_DIR"
 MANIFEST = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
+DECODER_PREP_FILE = "decoder_prep.onnx"
+DECODER_NOMASK_FILE = "decoder_nomask.onnx"
 PROBE_FILE = "probe_reference.npz"
+GRAPH_FILES = (ENCODER_FILE, DECODER_FILE, DECODER_PREP_FILE, DECODER_NOMASK_FILE)
 
 
 def clinseg_version() -> str:
@@ -59,7 +67,7 @@ def weights_fingerprint(module: nn.Module) -> str:
 def export_folder(backend_version: str, fingerprint: str, root: str | os.PathLike | None = None) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in backend_version)
     base = Path(root).expanduser() if root else default_export_root()
-    return base / f"{safe}-w{fingerprint[:16]}-clinseg{clinseg_version()}-opset{OPSET}"
+    return base / f"{safe}-w{fingerprint[:16]}-clinseg{clinseg_version()}-opset{OPSET}-fmt{EXPORT_FORMAT}"
 
 
 def probe_image(size: int = 256) -> np.ndarray:
@@ -88,6 +96,9 @@ class ExportManifest:
     input_size: int
     created_utc: str
     export_s: float
+    decoder_prep: str = DECODER_PREP_FILE
+    decoder_nomask: str = DECODER_NOMASK_FILE
+    export_format: int = EXPORT_FORMAT
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -143,6 +154,170 @@ class DecoderOnnxModel(nn.Module):
         return masks, iou
 
 
+def _lin(x: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
+    """nn.Linear on the last axis as a 2-D product: ONNX Runtime fuses a 2-D MatMul + bias into one
+    Gemm, while a 3-D nn.Linear exports as MatMul + a separate Add over the whole output."""
+    shape = x.shape
+    return torch.nn.functional.linear(x.reshape(-1, shape[-1]), lin.weight, lin.bias).reshape(*shape[:-1], -1)
+
+
+class _HeadAttention:
+    """segment_anything's Attention (scaled dot-product, heads on channel slices) between a few
+    prompt tokens and the image's h*w tokens, without ever splitting the image side into heads.
+
+    The prompt side is made block-diagonal instead: row (head, token) keeps only that head's
+    channels, so one product with the image tokens' full 128 channels gives every head's scores
+    (the other heads' channels meet zeros). The zeros cost a few MFLOP on the handful of prompt
+    tokens; the transposes of the 4096-token tensors they replace cost more (ONNX Runtime).
+    Mathematically the same function; float sums differ by rounding only (~1e-6)."""
+
+    def __init__(self, attn, mask: torch.Tensor):
+        self.attn = attn
+        self.mask = mask  # (heads, 1, C') one-hot over each head's channel slice
+        self.heads = mask.shape[0]
+        self.scale = 1.0 / math.sqrt(mask.shape[-1] // self.heads)
+
+    def _block(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C') -> (B, heads*T, C')
+        b, t, c = x.shape
+        return (x.unsqueeze(1) * self.mask).reshape(b, self.heads * t, c)
+
+    def tokens_to_image(self, q_in: torch.Tensor, k_img: torch.Tensor, v_img: torch.Tensor) -> torch.Tensor:
+        """Prompt tokens attend to the image. k_img, v_img: projected (B or 1, N, C')."""
+        q = _lin(q_in, self.attn.q_proj)
+        b, t, c = q.shape
+        a = torch.softmax((self._block(q) @ k_img.transpose(1, 2)) * self.scale, dim=-1)  # (B, heads*T, N)
+        out = ((a @ v_img).reshape(b, self.heads, t, c) * self.mask).sum(1)  # each head's slice
+        return _lin(out, self.attn.out_proj)
+
+    def image_to_tokens(self, q_img: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor) -> torch.Tensor:
+        """The image attends to the prompt tokens. q_img: projected (B or 1, N, C')."""
+        k = self._block(_lin(k_in, self.attn.k_proj))
+        v = self._block(_lin(v_in, self.attn.v_proj))
+        n = q_img.shape[1]
+        s = (q_img @ k.transpose(1, 2)) * self.scale  # (B, N, heads*T)
+        b = s.shape[0]
+        a = torch.softmax(s.reshape(b, n, self.heads, -1), dim=-1).reshape(b, n, -1)
+        return _lin(a @ v, self.attn.out_proj)  # (B, N, C'): heads already side by side
+
+
+def _head_mask(attn) -> torch.Tensor:
+    c, h = attn.internal_dim, attn.num_heads
+    return torch.kron(torch.eye(h), torch.ones(1, c // h)).reshape(h, 1, c)
+
+
+class DecoderPrepModel(nn.Module):
+    """The part of the mask decoder that depends on the image only (no mask prompt): run once per
+    embedding, its outputs are reused by every prompt on that slice (models/runtime.py).
+
+    With no previous mask, the decoder's image tokens start as embedding + no_mask_embed, and its
+    first two-way layer projects them (+ the positional encoding) three times before any prompt is
+    involved: token->image keys and values, image->token queries, ~0.8 of ~3.5 GFLOP per prompt.
+    Outputs: keys0 (1, HW, C); t2i_k, t2i_v, i2t_q (1, HW, C') projected, heads side by side."""
+
+    def __init__(self, sam: Sam):
+        super().__init__()
+        self.prompt_encoder = sam.prompt_encoder
+        self.layer0 = sam.mask_decoder.transformer.layers[0]
+        pe = self.prompt_encoder.get_dense_pe().detach().clone()
+        self.register_buffer("pe_tokens", pe.flatten(2).permute(0, 2, 1).contiguous(), persistent=False)
+
+    def forward(self, image_embeddings):
+        l0 = self.layer0
+        src = image_embeddings + self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        keys0 = src.flatten(2).permute(0, 2, 1)
+        kpe = keys0 + self.pe_tokens
+        t2i_k = _lin(kpe, l0.cross_attn_token_to_image.k_proj)
+        t2i_v = _lin(keys0, l0.cross_attn_token_to_image.v_proj)
+        i2t_q = _lin(kpe, l0.cross_attn_image_to_token.q_proj)
+        return keys0, t2i_k, t2i_v, i2t_q
+
+
+class DecoderNoMaskModel(nn.Module):
+    """Prompt encoder + mask decoder for prompts without a previous mask, on DecoderPrepModel's
+    outputs: the same function as DecoderOnnxModel with has_mask_input = 0 (segment_anything's
+    TwoWayTransformer and MaskDecoder.predict_masks, step by step; the first layer's image
+    projections come precomputed; attention and upscaling laid out for ONNX Runtime, see
+    _HeadAttention and _upscale_and_mask). Logits equal the PyTorch path's to ~1e-5.
+
+    Inputs: keys0, t2i_k, t2i_v, i2t_q (batch 1, broadcast over prompts); point_coords (B, N, 2);
+    point_labels (B, N). Outputs: low_res_logits (B, T, 4h, 4w), iou_predictions (B, T)."""
+
+    def __init__(self, sam: Sam):
+        super().__init__()
+        self.points = DecoderOnnxModel(sam)  # its point embedding, identical by construction
+        self.mask_decoder = sam.mask_decoder
+        self.register_buffer("pe_tokens", self.points.dense_pe.flatten(2).permute(0, 2, 1).contiguous(), persistent=False)
+        self.grid = tuple(sam.prompt_encoder.image_embedding_size)
+        tr = sam.mask_decoder.transformer
+        self.register_buffer("head_mask", _head_mask(tr.final_attn_token_to_image), persistent=False)
+
+    def _att(self, attn) -> _HeadAttention:
+        return _HeadAttention(attn, self.head_mask)
+
+    def forward(self, keys0, t2i_k, t2i_v, i2t_q, point_coords, point_labels):
+        md = self.mask_decoder
+        tr = md.transformer
+        sparse = self.points._embed_points(point_coords, point_labels)
+        out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
+        tokens = torch.cat((out_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse), dim=1)
+        key_pe = self.pe_tokens
+
+        # layer 0 (skip_first_layer_pe): TwoWayAttentionBlock.forward, image projections given
+        l0 = tr.layers[0]
+        queries = l0.norm1(l0.self_attn(q=tokens, k=tokens, v=tokens))
+        queries = l0.norm2(queries + self._att(l0.cross_attn_token_to_image).tokens_to_image(queries + tokens, t2i_k, t2i_v))
+        queries = l0.norm3(queries + l0.mlp(queries))
+        q = queries + tokens
+        keys = l0.norm4(keys0 + self._att(l0.cross_attn_image_to_token).image_to_tokens(i2t_q, q, queries))
+
+        for layer in tr.layers[1:]:  # TwoWayAttentionBlock.forward with the query/key PE
+            q = queries + tokens
+            queries = layer.norm1(queries + layer.self_attn(q=q, k=q, v=queries))
+            kpe = keys + key_pe
+            t2i = layer.cross_attn_token_to_image
+            queries = layer.norm2(queries + self._att(t2i).tokens_to_image(
+                queries + tokens, _lin(kpe, t2i.k_proj), _lin(keys, t2i.v_proj)))
+            queries = layer.norm3(queries + layer.mlp(queries))
+            q = queries + tokens
+            i2t = layer.cross_attn_image_to_token
+            keys = layer.norm4(keys + self._att(i2t).image_to_tokens(_lin(kpe, i2t.q_proj), q, queries))
+
+        fin = tr.final_attn_token_to_image
+        attn_out = self._att(fin).tokens_to_image(queries + tokens, _lin(keys + key_pe, fin.k_proj), _lin(keys, fin.v_proj))
+        hs = tr.norm_final_attn(queries + attn_out)
+
+        hyper = torch.stack([md.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in range(md.num_mask_tokens)], dim=1)
+        return self._upscale_and_mask(keys, hyper), md.iou_prediction_head(hs[:, 0, :])
+
+    def _upscale_and_mask(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        """output_upscaling + hypernetwork product, channels-last, as matrix products.
+
+        A 2x2 stride-2 transposed convolution writes disjoint 2x2 blocks: it is one matmul to
+        4 x C_out channels per input pixel ((a, b, c_out) column order), the blocks laid out
+        later. ONNX Runtime runs ConvTranspose ~2x slower per FLOP than MatMul, and keeping the
+        image tokens (B, HW, C) channels-last also saves the transpose back to (B, C, h, w);
+        LayerNorm2d over channels becomes a plain LayerNorm over the last axis. The 4x4
+        sub-pixel layout is undone once, on the T mask planes instead of 32 feature planes."""
+        up = self.mask_decoder.output_upscaling
+        ct1, ln, act1, ct2, act2 = up[0], up[1], up[2], up[3], up[4]
+        b, hw, _ = keys.shape
+        h, w = self.grid
+
+        def as_matmul(ct: nn.ConvTranspose2d):  # weight (C_in, C_out, 2, 2) -> (C_in, 2*2*C_out)
+            cin, cout = ct.weight.shape[:2]
+            return ct.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), ct.bias.repeat(4), cout
+
+        w1, b1, c1 = as_matmul(ct1)
+        x = torch.addmm(b1, keys.reshape(b * hw, -1), w1).reshape(b * hw * 4, c1)  # rows (i, j, a, b)
+        x = act1(torch.nn.functional.layer_norm(x, (c1,), ln.weight, ln.bias, ln.eps))
+        w2, b2, c2 = as_matmul(ct2)
+        x = act2(torch.addmm(b2, x, w2).reshape(b, hw * 16, c2))  # rows (i, j, a, b, c, d)
+        t = hyper.shape[1]
+        m = (x @ hyper.transpose(1, 2)).reshape(b, h, w, 2, 2, 2, 2, t)  # [i, j, a, b, c, d, t]
+        # pixel (4i + 2a + c, 4j + 2b + d)
+        return m.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, t, 4 * h, 4 * w)
+
+
 def _export(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_axes) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     with warnings.catch_warnings(), torch.no_grad():
@@ -171,6 +346,20 @@ def export_decoder(sam: Sam, path: Path, embedding: torch.Tensor) -> None:
              "mask_input": {0: "prompts"}, "low_res_logits": {0: "prompts"}, "iou_predictions": {0: "prompts"}})
 
 
+def export_decoder_split(sam: Sam, prep_path: Path, nomask_path: Path, embedding: torch.Tensor) -> None:
+    prep = DecoderPrepModel(sam).eval()
+    _export(prep, (embedding,), prep_path, ["image_embeddings"], ["keys0", "t2i_k", "t2i_v", "i2t_q"], None)
+    with torch.no_grad():
+        pre = prep(embedding)
+    coords = torch.tensor([[[30.0, 40.0], [80.0, 90.0], [175.0, 170.0]]] * 2)
+    labels = torch.tensor([[1.0, 2.0, 3.0]] * 2)
+    dyn = {"point_coords": {0: "prompts", 1: "points"}, "point_labels": {0: "prompts", 1: "points"},
+           "low_res_logits": {0: "prompts"}, "iou_predictions": {0: "prompts"}}
+    _export(DecoderNoMaskModel(sam).eval(), (*pre, coords, labels), nomask_path,
+            ["keys0", "t2i_k", "t2i_v", "i2t_q", "point_coords", "point_labels"],
+            ["low_res_logits", "iou_predictions"], dyn)
+
+
 def torch_probe_reference(segmenter) -> dict[str, np.ndarray]:
     """PyTorch's own outputs on the probe (embedding; box-decoder logits), kept with the export."""
     from .runtime import TorchRuntime, probe_decode_inputs
@@ -188,7 +377,7 @@ def export_onnx(segmenter, root: str | os.PathLike | None = None, force: bool = 
     An existing complete export for the same weights and version is reused unless `force`."""
     fp = weights_fingerprint(segmenter.sam)
     folder = export_folder(segmenter.version, fp, root)
-    if not force and all((folder / f).is_file() for f in (MANIFEST, ENCODER_FILE, DECODER_FILE, PROBE_FILE)):
+    if not force and all((folder / f).is_file() for f in (MANIFEST, PROBE_FILE, *GRAPH_FILES)):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -196,6 +385,8 @@ def export_onnx(segmenter, root: str | os.PathLike | None = None, force: bool = 
     ref = torch_probe_reference(segmenter)
     export_encoder(segmenter.sam, folder / ENCODER_FILE, size)
     export_decoder(segmenter.sam, folder / DECODER_FILE, torch.from_numpy(ref["embedding"]))
+    export_decoder_split(segmenter.sam, folder / DECODER_PREP_FILE, folder / DECODER_NOMASK_FILE,
+                         torch.from_numpy(ref["embedding"]))
     tmp = folder / f"{PROBE_FILE}.tmp{os.getpid()}.npz"
     np.savez(tmp, **ref)
     os.replace(tmp, folder / PROBE_FILE)

@@ -12,7 +12,10 @@ ALL mask tokens, so token selection stays in SamSegmenter and is shared.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +32,7 @@ RUNTIMES = ("auto", "torch", "onnx")
 # tolerances leave room for other CPUs' kernels yet catch a wrong graph (a perturbed export is ~1e-1).
 ENCODER_TOL = 1e-3
 DECODER_TOL = 1e-2
+PREP_CACHE_SIZE = 4  # embeddings whose decoder_prep outputs are kept (OnnxRuntime.prepared)
 
 
 class OnnxValidationError(RuntimeError):
@@ -97,13 +101,41 @@ class OnnxRuntime:
         self.folder = Path(folder)
         self.manifest = ox.ExportManifest.read(self.folder)
         so = session_options(threads)
+        m = self.manifest
         try:
-            self.encoder = ort.InferenceSession(str(self.folder / self.manifest.encoder), so, providers=["CPUExecutionProvider"])
-            self.decoder = ort.InferenceSession(str(self.folder / self.manifest.decoder), so, providers=["CPUExecutionProvider"])
+            def session(name):
+                return ort.InferenceSession(str(self.folder / name), so, providers=["CPUExecutionProvider"])
+
+            self.encoder = session(m.encoder)
+            self.decoder = session(m.decoder)  # prompts with a previous mask
+            self.decoder_prep = session(m.decoder_prep)  # image-only part, once per embedding
+            self.decoder_nomask = session(m.decoder_nomask)  # every other prompt
         except Exception as e:  # onnxruntime raises its own pybind exception types
             raise OnnxValidationError(f"ONNX graph in {self.folder} does not load ({type(e).__name__}: {str(e)[:200]})") from e
         self.fallback = TorchRuntime(sam)  # for the one prompt layout the graph cannot express
         self.mask_side = tuple(sam.prompt_encoder.mask_input_size)
+        # decoder_prep outputs of the last few embeddings decoded (~10 MB each): the user decodes
+        # many prompts on one slice, then moves on; a lock because precompute runs in a thread.
+        self._prep: OrderedDict[int, tuple] = OrderedDict()
+        self._prep_lock = threading.Lock()
+
+    def prepared(self, features: torch.Tensor) -> list[np.ndarray]:
+        """decoder_prep outputs for this embedding, computed on its first prompt and then reused.
+        Keyed by the tensor object (checked through a weak reference, so a freed tensor whose id
+        is recycled never hits), not by content: an embedding is never modified in place."""
+        k = id(features)
+        with self._prep_lock:
+            hit = self._prep.get(k)
+            if hit is not None and hit[0]() is features:
+                self._prep.move_to_end(k)
+                return hit[1]
+        x = np.ascontiguousarray(features.detach().cpu().numpy(), dtype=np.float32)
+        outs = self.decoder_prep.run(None, {"image_embeddings": x})
+        with self._prep_lock:
+            self._prep[k] = (weakref.ref(features), outs)
+            while len(self._prep) > PREP_CACHE_SIZE:
+                self._prep.popitem(last=False)
+        return outs
 
     def encode(self, batch: torch.Tensor, run_options=None) -> torch.Tensor:
         x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
@@ -126,16 +158,28 @@ class OnnxRuntime:
         else:  # PromptEncoder pads click-only prompts with one "not a point"
             parts_c.append(np.zeros((b, 1, 2), np.float32))
             parts_l.append(-np.ones((b, 1), np.float32))
+        coords = np.ascontiguousarray(np.concatenate(parts_c, axis=1))
+        labels = np.ascontiguousarray(np.concatenate(parts_l, axis=1))
+        if masks is None:
+            keys0, t2i_k, t2i_v, i2t_q = self.prepared(features)
+            low_res, iou = self.decoder_nomask.run(None, {
+                "keys0": keys0, "t2i_k": t2i_k, "t2i_v": t2i_v, "i2t_q": i2t_q,
+                "point_coords": coords, "point_labels": labels})
+            return torch.from_numpy(low_res), torch.from_numpy(iou)
         feeds = {
             "image_embeddings": np.ascontiguousarray(features.detach().cpu().numpy(), dtype=np.float32),
-            "point_coords": np.ascontiguousarray(np.concatenate(parts_c, axis=1)),
-            "point_labels": np.ascontiguousarray(np.concatenate(parts_l, axis=1)),
+            "point_coords": coords,
+            "point_labels": labels,
             "mask_input": (np.ascontiguousarray(masks.numpy(), dtype=np.float32) if masks is not None
                            else np.zeros((b, 1, *self.mask_side), np.float32)),
             "has_mask_input": np.array([1.0 if masks is not None else 0.0], np.float32),
         }
         low_res, iou = self.decoder.run(None, feeds)
         return torch.from_numpy(low_res), torch.from_numpy(iou)
+
+
+def _max_diff(a, b) -> float:
+    return float(max(np.abs(x.numpy() - y.numpy()).max() for x, y in zip(a, b)))
 
 
 def probe_decode_inputs(segmenter):
@@ -166,10 +210,14 @@ def validate_onnx(rt: OnnxRuntime, segmenter) -> tuple[float, float]:
     if not np.isfinite(enc_diff) or enc_diff > ENCODER_TOL:
         raise OnnxValidationError(f"encoder differs from PyTorch by {enc_diff:.3g} (> {ENCODER_TOL:g})")
     features = torch.from_numpy(ref["embedding"])
-    inputs = probe_decode_inputs(segmenter)
-    want, want_iou = TorchRuntime(segmenter.sam).decode_all(features, *inputs)
-    got, got_iou = rt.decode_all(features, *inputs)
-    dec_diff = float(max(np.abs(got.numpy() - want.numpy()).max(), np.abs(got_iou.numpy() - want_iou.numpy()).max()))
+    points, boxes, _ = probe_decode_inputs(segmenter)
+    torch_rt = TorchRuntime(segmenter.sam)
+    want = torch_rt.decode_all(features, points, boxes, None)
+    dec_diff = _max_diff(rt.decode_all(features, points, boxes, None), want)  # prep + no-mask graphs
+    # the full graph, with a previous mask: PyTorch's own probe logits fed back
+    mask = want[0][:, :1].contiguous()
+    dec_diff = max(dec_diff, _max_diff(rt.decode_all(features, points, boxes, mask),
+                                       torch_rt.decode_all(features, points, boxes, mask)))
     if not np.isfinite(dec_diff) or dec_diff > DECODER_TOL:
         raise OnnxValidationError(f"decoder differs from PyTorch by {dec_diff:.3g} (> {DECODER_TOL:g})")
     return enc_diff, dec_diff

@@ -160,18 +160,19 @@ class SamSegmenter:
     def decode_batch(self, embedding: ImageEmbedding, prompts: Sequence[PromptSet], multimask: bool = False) -> list[Segmentation]:
         low_res, iou = self.decode_logits(embedding, prompts, multimask)
         transform = SliceTransform(embedding.original_size, self.preprocessing.input_size, self.preprocessing.resize)
-        with torch.inference_mode():
-            full = transform.logits_to_image(low_res)  # (B, K, H, W)
+        # numpy from here on: torch ops this small cost more in thread-pool wake-ups than in work
+        low_np, iou_np = low_res.numpy(), iou.numpy()
+        full = transform.logits_to_image_np(low_np)  # (B, K, H, W)
         out = []
         for i, p in enumerate(prompts):
-            scores = iou[i].numpy()
+            scores = iou_np[i]
             order = np.argsort(-scores) if multimask else np.arange(len(scores))
             best = int(order[0])
-            masks = (full[i] > 0).numpy()
+            masks = full[i] > 0
             seg = Segmentation(
                 mask=masks[best],
                 predicted_iou=float(scores[best]),
-                low_res_logits=low_res[i, best : best + 1].numpy().copy(),
+                low_res_logits=low_np[i, best : best + 1].copy(),
                 backend=self.version,
                 label=p.label,
                 candidates=[(masks[k], float(scores[k])) for k in order] if multimask else [],

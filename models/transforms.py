@@ -64,7 +64,27 @@ class SliceTransform:
 
     def logits_to_image(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, K, s, s) low-res logits -> (B, K, H, W) logits on the slice grid."""
+        if not logits.requires_grad and logits.device.type == "cpu":
+            return torch.from_numpy(self.logits_to_image_np(logits.detach().numpy()))
         ih, iw = self.input_size
         up = F.interpolate(logits, size=(self.target, self.target), mode="bilinear", align_corners=False)
         up = up[..., :ih, :iw]
         return F.interpolate(up, size=self.original_size, mode="bilinear", align_corners=False)
+
+    def logits_to_image_np(self, logits: np.ndarray) -> np.ndarray:
+        """`logits_to_image` on numpy with OpenCV: the same bilinear, half-pixel-centre resampling
+        (cv2 INTER_LINEAR == F.interpolate(align_corners=False), logits equal to ~1e-5 relative)
+        in ~0.3 ms instead of torch's ~10-20 ms per prompt, which pays for waking torch's thread
+        pool on two small ops and is worse still when other processes load the CPU."""
+        import cv2  # opencv-python-headless: a dependency; imported here to keep module import light
+
+        arr = np.asarray(logits, dtype=np.float32)
+        ih, iw = self.input_size
+        h, w = self.original_size
+        lead = arr.shape[:-2]
+        flat = arr.reshape(-1, *arr.shape[-2:])
+        out = np.empty((flat.shape[0], h, w), np.float32)
+        for i, plane in enumerate(flat):
+            up = cv2.resize(plane, (self.target, self.target), interpolation=cv2.INTER_LINEAR)[:ih, :iw]
+            out[i] = cv2.resize(up, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w)
+        return out.reshape(*lead, h, w)

@@ -163,3 +163,40 @@ def test_precompute_interrupts_the_slice_in_flight_when_the_user_jumps(onnx_seg)
     assert pre.interrupted == 1
     assert pre.computed_order == [3, 2, 1, 0]  # without the interrupt: [0, 3, 2, 1]
     assert emb3.features.shape == (1, 256, 64, 64)
+
+
+def test_image_only_decoder_part_is_computed_once_per_embedding(onnx_seg, torch_seg, real_slice):
+    img, _ = real_slice
+    emb = torch_seg.embed(img)
+    rt = onnx_seg.runtime
+    first = rt.prepared(emb.features)
+    assert rt.prepared(emb.features) is first  # the second prompt on this slice reuses it
+    # an equal-valued but distinct tensor is another embedding: never served from the cache
+    other = emb.features.clone()
+    assert rt.prepared(other) is not first
+    boxes = [PromptSet.from_box(40, 50, 120, 140), PromptSet.from_box(60, 60, 100, 110)]
+    for p in boxes:  # the cached path gives PyTorch's masks, prompt after prompt
+        want, got = torch_seg.decode(emb, p), onnx_seg.decode(emb, p)
+        assert np.mean(want.mask != got.mask) < 1e-3
+        assert np.abs(want.low_res_logits - got.low_res_logits).max() < 1e-2
+
+
+def test_export_folder_names_the_export_format(segmenter, tmp_path):
+    folder = ox.export_folder(segmenter.version, ox.weights_fingerprint(segmenter.sam), tmp_path)
+    assert folder.name.endswith(f"-fmt{ox.EXPORT_FORMAT}")  # older formats live elsewhere: never loaded
+
+
+@pytest.mark.parametrize("shape", [(217, 181), (48, 48), (512, 300), (3, 700), (256, 256)])
+@pytest.mark.parametrize("policy", ["longest", "stretch"])
+def test_numpy_upsampling_matches_torch(shape, policy):
+    import torch
+
+    from models.transforms import SliceTransform
+
+    t = SliceTransform(shape, 256, policy)
+    logits = torch.from_numpy(np.random.default_rng(0).normal(0, 8, (2, 3, 256, 256)).astype(np.float32))
+    ref = t.logits_to_image(logits.clone().requires_grad_(True)).detach().numpy()  # the torch path
+    got = t.logits_to_image_np(logits.numpy())
+    assert got.shape == ref.shape == (2, 3, *shape)
+    assert np.abs(got - ref).max() < 2e-3  # logits of magnitude ~30: float rounding only
+    assert np.mean((got > 0) != (ref > 0)) < 1e-4
