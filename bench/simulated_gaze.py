@@ -4,10 +4,11 @@
   transform (readers look at the middle of things more than at their edges), 150-600 ms each;
 - one stray fixation outside the target (>= 1 deg from it, <= 8 deg: a glance at a neighbour), at a
   random place in the sequence;
-- sampled at 200 Hz; gaze error per fixation N(0, sigma deg) per axis (accuracy: where the tracker
-  thinks the eye points, constant during a fixation) plus per-sample N(0, 0.1 deg) jitter (precision,
-  Neon's order of magnitude); degrees -> image pixels through 60 cm viewing distance, 0.27 mm pixel
-  pitch and the display zoom (prompting.gaze.ViewingGeometry);
+- sampled at 200 Hz with N(0, sigma deg) error per sample and axis (DESIGN.md's words; `bias_deg`
+  adds an optional per-fixation offset N(0, bias deg), constant within a fixation, for a harsher
+  "accuracy offset" variant); degrees -> image pixels through 60 cm viewing distance, 0.27 mm pixel
+  pitch and the display zoom (prompting.gaze.ViewingGeometry); `app_geometry` gives the zoom the
+  app really shows a slice at (app.render.viewport), so simulation and product agree;
 - saccades between fixations: main-sequence duration (20 ms + 2.2 ms/deg), minimum-jerk profile;
 - ~5 % of samples lost: one blink burst (blink=True) and isolated worn=False samples.
 Everything is drawn from the numpy Generator passed in: same seed, same gaze.
@@ -62,7 +63,7 @@ def _draw_stray(mask: np.ndarray, rng: np.random.Generator, geometry: ViewingGeo
 
 
 def simulate_gaze(mask: np.ndarray, geometry: ViewingGeometry, rng: np.random.Generator, sigma_deg: float = 0.5,
-                  precision_deg: float = 0.1, rate_hz: float = 200.0, n_fixations: tuple[int, int] = (3, 6),
+                  bias_deg: float = 0.0, rate_hz: float = 200.0, n_fixations: tuple[int, int] = (3, 6),
                   duration_s: tuple[float, float] = (0.15, 0.6), lost_fraction: float = 0.05,
                   stray: bool = True) -> SimulatedGaze:
     mask = np.asarray(mask, bool)
@@ -92,10 +93,10 @@ def simulate_gaze(mask: np.ndarray, geometry: ViewingGeometry, rng: np.random.Ge
                 ts.append(t); xs.append(p[0]); ys.append(p[1])
                 t += dt
         dur = float(rng.uniform(*duration_s))
-        bias = rng.normal(0.0, sigma_deg, 2) * px
+        bias = rng.normal(0.0, bias_deg, 2) * px
         n = max(1, int(round(dur / dt)))
         t0 = t
-        jitter = rng.normal(0.0, precision_deg, (n, 2)) * px
+        jitter = rng.normal(0.0, sigma_deg, (n, 2)) * px
         for i in range(n):
             ts.append(t); xs.append(pos[0] + bias[0] + jitter[i, 0]); ys.append(pos[1] + bias[1] + jitter[i, 1])
             t += dt
@@ -125,6 +126,14 @@ def simulate_gaze(mask: np.ndarray, geometry: ViewingGeometry, rng: np.random.Ge
 def bench_geometry(zoom: float = 4.0) -> ViewingGeometry:
     """DESIGN.md: 60 cm viewing distance, 0.27 mm pixel pitch; zoom is the app's display zoom."""
     return ViewingGeometry(600.0, 0.27, zoom)
+
+
+def app_geometry(shape: tuple[int, int], user_zoom: float = 1.0) -> ViewingGeometry:
+    """The geometry of a slice of this shape as the app shows it (app.render.viewport: the slice fitted
+    to the 640 x 600 display box, times the user's zoom), at DESIGN.md's distance and pixel pitch."""
+    from app.render import viewport  # bench may look at the app; prompting/ never does
+
+    return bench_geometry(viewport(tuple(shape), user_zoom).scale)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,12 @@ keeps only the most recent item per sensor (deque of length 1): at 200 Hz gaze a
 silently lose samples, and fixation detection needs all of them.
 
 `GazeStreamWorker` runs an asyncio loop in a daemon thread; the app calls start/pause/resume/stop and
-drains samples and events without ever blocking on the network. Failures never freeze the caller:
+drains samples and events without ever blocking on the network. With `scene_frames=True` it also
+receives the scene camera (`receive_video_frames`: RTSP/H.264 decoded by PyAV) and keeps at most
+`frame_rate_hz` frames per second for `drain_frames()` (added; the rest of the API is unchanged):
+integrations.screen_mapping.SceneGazeMapping / LiveGazeFeed detect the AprilTags in them and map the
+gaze to slice pixels. That stage is a separate unit tested on rendered marker frames; the frame
+reception here is a thin adapter (the fake device in tests serves no video: see docs/gaze.md). Failures never freeze the caller:
 an unreachable device, a status request that hangs, or a gaze stream that goes quiet for
 `stall_timeout_s` put the worker in state "lost" with a message saying what happened, and it retries
 every `reconnect_interval_s` until the device answers again ("connected") or the app stops it.
@@ -50,6 +55,7 @@ class DeviceStatus:
     battery_state: str | None = None
     worn: bool | None = None  # from the latest gaze sample
     eye_events: bool = False  # the device streams its own fixations/blinks
+    scene_camera: bool | None = None  # scene frames streaming (None: not requested)
     gaze_rate_hz: float = 0.0
     last_gaze_age_s: float | None = None
     message: str = ""
@@ -132,7 +138,7 @@ class GazeStreamWorker:
 
     def __init__(self, address: str, port: int = DEFAULT_PORT, *, use_eye_events: bool = True,
                  stall_timeout_s: float = 2.0, reconnect_interval_s: float = 1.0, request_timeout_s: float = 3.0,
-                 buffer_s: float = 60.0):
+                 buffer_s: float = 60.0, scene_frames: bool = False, frame_rate_hz: float = 5.0):
         self.address, self.port = address, int(port)
         self.use_eye_events = use_eye_events
         self.stall_timeout_s = stall_timeout_s
@@ -141,6 +147,10 @@ class GazeStreamWorker:
         self._gaze: deque[SceneGaze] = deque(maxlen=int(buffer_s * 200))
         self._fixations: deque[DeviceFixation] = deque(maxlen=10_000)
         self._blinks: deque[DeviceBlink] = deque(maxlen=10_000)
+        self.scene_frames = scene_frames
+        self.frame_rate_hz = float(frame_rate_hz)
+        # a few seconds of frames at most: a UI that stops polling must not pile up 6 MB images
+        self._frames: deque = deque(maxlen=max(2, int(2 * frame_rate_hz)))
         self._lock = threading.Lock()
         self._status = DeviceStatus()
         self._thread: threading.Thread | None = None
@@ -204,6 +214,13 @@ class GazeStreamWorker:
             self._fixations.clear()
             self._blinks.clear()
         return f, b
+
+    def drain_frames(self) -> list:
+        """Scene frames received since the last call (integrations.screen_mapping.SceneFrame), oldest first."""
+        with self._lock:
+            out = list(self._frames)
+            self._frames.clear()
+        return out
 
     def wait_for_gaze(self, n: int = 1, timeout_s: float = 5.0) -> bool:
         """Block (bounded) until at least n samples are buffered: for scripts and tests."""
@@ -286,6 +303,14 @@ class GazeStreamWorker:
         tasks = [asyncio.ensure_future(self._pump_gaze(gaze_sensor.url))]
         if has_events:
             tasks.append(asyncio.ensure_future(self._pump_events(ev_sensor.url)))
+        optional = []  # the scene video failing must not stop the gaze: it is reported, not fatal
+        if self.scene_frames:
+            world = st.direct_world_sensor()
+            if world is not None and world.connected:
+                optional.append(asyncio.ensure_future(self._pump_frames(world.url)))
+                self._set(scene_camera=True)
+            else:
+                self._set(scene_camera=False)
 
         async def watch_status():
             # battery and sensor changes on the websocket; the library reconnects it by itself
@@ -301,7 +326,9 @@ class GazeStreamWorker:
         started = time.monotonic()
         self._last_arrival = None
         self._set(connection="connected", message=f"streaming gaze from {self.address}:{self.port}"
-                  + (" with on-device fixations/blinks" if has_events else "; fixations detected here"))
+                  + (" with on-device fixations/blinks" if has_events else "; fixations detected here")
+                  + ("" if not self.scene_frames else "; scene camera on" if optional
+                     else "; no scene camera stream: gaze cannot be mapped to the screen"))
         try:
             while not self._stop_evt.is_set():
                 if self._paused.is_set():
@@ -313,14 +340,20 @@ class GazeStreamWorker:
                             raise exc
                         raise _Lost("the device closed the gaze stream" if exc is None
                                     else f"the gaze stream failed ({type(exc).__name__})")
+                for t in list(optional):
+                    if t.done():
+                        optional.remove(t)
+                        exc = None if t.cancelled() else t.exception()
+                        self._set(scene_camera=False, message=f"scene camera stream ended"
+                                  + (f" ({type(exc).__name__})" if exc else "") + ": gaze is not mapped to the screen")
                 last = self._last_arrival if self._last_arrival is not None else started
                 if time.monotonic() - last > self.stall_timeout_s:
                     raise _Lost(f"no gaze for {self.stall_timeout_s:g} s (device out of reach or app closed)")
                 await self._sleep(0.05)
         finally:
-            for t in tasks:
+            for t in tasks + optional:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *optional, return_exceptions=True)
 
     async def _pump_gaze(self, url: str) -> None:
         from pupil_labs.realtime_api.streaming import receive_gaze_data
@@ -344,3 +377,20 @@ class GazeStreamWorker:
                                                           float(e.mean_gaze_x), float(e.mean_gaze_y)))
                 elif isinstance(e, BlinkEventData):
                     self._blinks.append(DeviceBlink(e.start_time_ns / 1e9, e.end_time_ns / 1e9))
+
+    async def _pump_frames(self, url: str) -> None:
+        """Thin adapter over the library's video stream: keep <= frame_rate_hz frames as SceneFrame."""
+        from pupil_labs.realtime_api.streaming import receive_video_frames
+
+        from .screen_mapping import SceneFrame
+
+        period = 1.0 / max(self.frame_rate_hz, 1e-3)
+        last_t = float("-inf")
+        async for f in receive_video_frames(url, timeout=self.request_timeout_s):
+            t = float(f.timestamp_unix_seconds)
+            if t - last_t < period:
+                continue  # decoding to BGR and marker detection are the expensive parts: skip early
+            last_t = t
+            frame = SceneFrame(t, f.bgr_buffer())
+            with self._lock:
+                self._frames.append(frame)

@@ -226,3 +226,108 @@ class GazeMapper:
         """The user zoomed or panned: same markers, new viewer geometry."""
         self.viewer = viewer
         return self
+
+
+# ------------------------------------------------------------------------------------------------
+# live: scene frames + scene-camera gaze -> slice-pixel gaze samples
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SceneFrame:
+    """One scene-camera frame (uint8 gray or BGR) at unix time t (seconds), as the worker hands it over."""
+
+    t: float
+    image: np.ndarray = field(compare=False)
+
+
+@dataclass
+class LiveBatch:
+    """What one poll of the live feed produced, in slice pixels, ready for prompting.gaze.LiveGazeSession."""
+
+    samples: list  # prompting.gaze.GazeSample (on_image=False where the gaze missed the image or no screen was seen)
+    fixations: list  # prompting.gaze.Fixation from the device's own detector, mapped; off-image ones dropped
+    blinks: list[tuple[float, float]]
+    frames_used: int = 0
+    screen_found: bool = False
+    message: str = ""
+
+
+@dataclass
+class SceneGazeMapping:
+    """The live stage between the device and the gaze session, a pure unit: scene frames in, homography
+    per frame (AprilTags), gaze samples mapped through the homography nearest in time and the viewer
+    (zoom, pan) to slice pixels. Blinks mark the samples inside them.
+
+    Gaze arrives at 200 Hz, frames at up to 30 Hz; marker detection on a 1600 x 1200 frame costs
+    tens of ms, so the worker hands over at most `frame_rate_hz` frames per second (default 5) and a
+    homography serves gaze up to `mapper.max_age_s` (0.5 s) from its frame.
+    """
+
+    mapper: GazeMapper
+    _homs: list = field(default_factory=list)  # (t, ScreenHomography), time order, recent only
+
+    def add_frame(self, frame: SceneFrame) -> bool:
+        ok = self.mapper.update_frame(frame.image, frame.t)
+        if ok:
+            self._homs.append((frame.t, self.mapper.homography))
+            self._homs = self._homs[-32:]
+        return ok
+
+    def _homography_at(self, t: float):
+        best, best_dt = None, self.mapper.max_age_s
+        for ht, h in reversed(self._homs):
+            dt = abs(t - ht)
+            if dt <= best_dt:
+                best, best_dt = h, dt
+            elif ht < t - self.mapper.max_age_s:
+                break
+        return best
+
+    def map_point(self, x: float, y: float, t: float) -> tuple[float, float] | None:
+        h = self._homography_at(t)
+        return None if h is None else gaze_to_image((x, y), h, self.mapper.viewer)
+
+    def process(self, frames, gaze, fixations=(), blinks=()) -> LiveBatch:
+        """frames: SceneFrame; gaze: objects with t, x, y, worn (scene px); fixations: with t_start,
+        t_end, x, y (scene px); blinks: with t_start, t_end. Frames are used before the gaze they time."""
+        from prompting.gaze import Fixation, GazeSample  # the samples' type lives with the detector
+
+        used = sum(self.add_frame(f) for f in sorted(frames, key=lambda f: f.t))
+        spans = [(float(b.t_start), float(b.t_end)) for b in blinks]
+        out = []
+        for g in gaze:
+            xy = self.map_point(float(g.x), float(g.y), float(g.t))
+            blink = any(s <= g.t <= e for s, e in spans)
+            if xy is None:
+                out.append(GazeSample(float(g.t), float("nan"), float("nan"), bool(g.worn), blink, False))
+            else:
+                out.append(GazeSample(float(g.t), xy[0], xy[1], bool(g.worn), blink, True))
+        fx = []
+        for f in fixations:
+            xy = self.map_point(float(f.x), float(f.y), 0.5 * (float(f.t_start) + float(f.t_end)))
+            if xy is not None:
+                n = max(1, int(round((f.t_end - f.t_start) * 200)))
+                fx.append(Fixation(float(f.t_start), float(f.t_end), xy[0], xy[1], n, 0.0, "device"))
+        found = bool(self._homs)
+        msg = "" if found else (self.mapper.last_error or "no scene frame with the screen markers yet")
+        return LiveBatch(out, fx, spans, int(used), found, msg)
+
+
+@dataclass
+class LiveGazeFeed:
+    """Glue for the app: drains a streaming worker (integrations.pupil_device.GazeStreamWorker, or
+    anything with drain_gaze / drain_frames / drain_events) and maps everything through
+    SceneGazeMapping. Call `poll()` from the UI loop; it never blocks on the network."""
+
+    worker: object
+    mapping: SceneGazeMapping
+
+    def poll(self) -> LiveBatch:
+        frames = self.worker.drain_frames() if hasattr(self.worker, "drain_frames") else []
+        gaze = self.worker.drain_gaze()
+        fixations, blinks = self.worker.drain_events() if hasattr(self.worker, "drain_events") else ([], [])
+        return self.mapping.process(frames, gaze, fixations, blinks)
+
+    def with_viewer(self, viewer: ImageViewer) -> "LiveGazeFeed":
+        """The user zoomed or panned: same markers and homographies, new viewer geometry."""
+        self.mapping.mapper.with_viewer(viewer)
+        return self

@@ -155,28 +155,112 @@ def _fixation(t, x, y, sel: np.ndarray, geometry: ViewingGeometry, source: str) 
     return Fixation(float(t[sel[0]]), float(t[sel[-1]]), float(xs.mean()), float(ys.mean()), int(len(sel)), disp, source)
 
 
+def estimate_noise_px(samples: Sequence[GazeSample]) -> float:
+    """Per-sample gaze noise (SD per axis, image px), robustly from sample-to-sample differences.
+
+    The median absolute deviation ignores the few large differences of saccades; for independent
+    noise a difference has sqrt(2) times the samples' SD."""
+    t, x, y, ok = _arrays(samples)
+    d = np.concatenate([np.diff(x[ok]), np.diff(y[ok])]) if ok.sum() > 2 else np.zeros(0)
+    if len(d) < 4:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2.0))
+
+
+def velocity_window(noise_px: float, dt: float, geometry: ViewingGeometry, config: FixationConfig) -> int:
+    """Samples averaged on each side of the velocity estimate, grown with the noise (adaptive I-VT).
+
+    The velocity at sample i is the distance between the means of the w samples before and after it
+    over the time between them, so noise contributes ~sigma*sqrt(2/w)/(w*dt) deg/s: w is the smallest
+    window (>= config.smoothing_samples) whose 95th-percentile noise velocity stays under half the
+    threshold. At Neon's ~0.1 deg precision that is the configured 5 samples; at 1 deg per-sample
+    error, ~13 samples (65 ms) on each side."""
+    sigma_deg = noise_px * geometry.deg_per_image_px
+    need = (2.0 * 2.45 * math.sqrt(2.0) * sigma_deg / (config.velocity_threshold_deg_s * max(dt, 1e-4))) ** (2.0 / 3.0)
+    return int(max(config.smoothing_samples, min(math.ceil(need), 40)))
+
+
+def _reclaim(seg: np.ndarray, a: int, b: int, lo: int, hi: int, w: int, x: np.ndarray, y: np.ndarray,
+             radius_px: float) -> tuple[int, int]:
+    """Give a run back the samples the velocity window trimmed off its ends (up to w on each side,
+    not into the neighbouring runs), while they stay within radius_px of the run's mean: a long
+    filter would otherwise eat most of a short fixation."""
+    mx, my = x[seg[a:b]].mean(), y[seg[a:b]].mean()
+    first = max(lo, a - w)
+    while a > first and math.hypot(x[seg[a - 1]] - mx, y[seg[a - 1]] - my) <= radius_px:
+        a -= 1
+    last = min(hi, b + w)
+    while b < last and math.hypot(x[seg[b]] - mx, y[seg[b]] - my) <= radius_px:
+        b += 1
+    return a, b
+
+
+def _split_steps(run: np.ndarray, x: np.ndarray, y: np.ndarray, noise_px: float, min_len: int,
+                 min_shift_px: float, z: float = 5.0) -> list[np.ndarray]:
+    """Split a run where the gaze position steps (binary segmentation for a change in mean).
+
+    With noisy gaze the velocity filter must be long, and a short saccade between two nearby
+    fixations (a glance from the target to its neighbour) can stay under the threshold: the two
+    fixations come out as one, centred between them. The split point maximises the standardised
+    distance between the means before and after it; it is kept when that is > z (the largest of
+    ~n correlated chi(2) values under no change stays below ~4.5) and the shift > min_shift_px."""
+    n = len(run)
+    if n < 2 * min_len or noise_px <= 0:
+        return [run]
+    cx, cy = np.cumsum(x[run]), np.cumsum(y[run])
+    k = np.arange(min_len, n - min_len + 1)
+    ma_x, ma_y = cx[k - 1] / k, cy[k - 1] / k
+    mb_x, mb_y = (cx[-1] - cx[k - 1]) / (n - k), (cy[-1] - cy[k - 1]) / (n - k)
+    shift = np.hypot(mb_x - ma_x, mb_y - ma_y)
+    stat = shift / (noise_px * np.sqrt(1.0 / k + 1.0 / (n - k)))
+    j = int(np.argmax(stat))
+    if stat[j] <= z or shift[j] <= min_shift_px:
+        return [run]
+    cut = int(k[j])
+    return (_split_steps(run[:cut], x, y, noise_px, min_len, min_shift_px, z)
+            + _split_steps(run[cut:], x, y, noise_px, min_len, min_shift_px, z))
+
+
 def detect_fixations_ivt(samples: Sequence[GazeSample], geometry: ViewingGeometry,
                          config: FixationConfig = FixationConfig()) -> list[Fixation]:
-    """Velocity-threshold identification (Salvucci & Goldberg 2000), on smoothed positions.
+    """Velocity-threshold identification (Salvucci & Goldberg 2000) with a noise-adaptive velocity filter.
 
-    Raw 200 Hz gaze has ~0.1 deg sample-to-sample jitter, i.e. ~30 deg/s of apparent velocity: the
-    positions are smoothed first so the threshold separates fixations from saccades, not noise.
+    Raw 200 Hz gaze jitters from sample to sample; differencing raw positions would call that noise a
+    saccade. The velocity at each sample is therefore taken between the means of a window of samples
+    before and after it, the window sized from the measured noise (`velocity_window`): short for a
+    precise tracker (the configured smoothing), longer for a noisy one.
     """
     t, x, y, ok = _arrays(samples)
     dpp = geometry.deg_per_image_px
+    dt_med = float(np.median(np.diff(t))) if len(t) > 1 else 0.005
+    noise_px = estimate_noise_px(samples)
+    w = velocity_window(noise_px, dt_med, geometry, config)
     runs: list[np.ndarray] = []
     for seg in _segments(t, ok, config.max_gap_s):
         if len(seg) < 2:
             continue
-        k = max(1, min(int(config.smoothing_samples), len(seg)))
-        kern = np.ones(k) / k
-        xs = np.convolve(np.pad(x[seg], (k // 2, k - 1 - k // 2), mode="edge"), kern, mode="valid")
-        ys = np.convolve(np.pad(y[seg], (k // 2, k - 1 - k // 2), mode="edge"), kern, mode="valid")
-        dt = np.gradient(t[seg])
-        dt[dt <= 0] = 1e-3
-        v = np.hypot(np.gradient(xs), np.gradient(ys)) * dpp / dt
+        cx = np.concatenate([[0.0], np.cumsum(x[seg])])
+        cy = np.concatenate([[0.0], np.cumsum(y[seg])])
+        n = len(seg)
+        i = np.arange(n)
+        # window before: [max(0, i-w+1), i]; after: [i+1, min(n, i+w)] (shrunk at the segment's ends)
+        a0, a1 = np.maximum(0, i - w + 1), i + 1
+        b0, b1 = np.minimum(n - 1, i + 1), np.minimum(n, i + 1 + w)
+        b1 = np.maximum(b1, b0 + 1)
+        mxa, mya = (cx[a1] - cx[a0]) / (a1 - a0), (cy[a1] - cy[a0]) / (a1 - a0)
+        mxb, myb = (cx[b1] - cx[b0]) / (b1 - b0), (cy[b1] - cy[b0]) / (b1 - b0)
+        ts = t[seg]
+        cts = np.concatenate([[0.0], np.cumsum(ts)])
+        ta, tb = (cts[a1] - cts[a0]) / (a1 - a0), (cts[b1] - cts[b0]) / (b1 - b0)
+        span = np.maximum(tb - ta, 1e-3)
+        v = np.hypot(mxb - mxa, myb - mya) * dpp / span
         edges = np.diff(np.concatenate([[0], (v < config.velocity_threshold_deg_s).astype(np.int8), [0]]))
-        runs += [seg[a:b] for a, b in zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0])]
+        min_len = max(2, int(round(0.5 * config.min_duration_s / max(dt_med, 1e-4))))
+        starts, ends = list(np.nonzero(edges == 1)[0]), list(np.nonzero(edges == -1)[0])
+        for r, (a, b) in enumerate(zip(starts, ends)):
+            a, b = _reclaim(seg, a, b, ends[r - 1] if r else 0, starts[r + 1] if r + 1 < len(starts) else n,
+                            w, x, y, 2.5 * max(noise_px, 1e-6) + geometry.deg_to_px(0.1))
+            runs += _split_steps(seg[a:b], x, y, noise_px, min_len, geometry.deg_to_px(config.merge_distance_deg))
     # A blink or a few lost samples in the middle of a fixation split it into two runs at the same
     # place: merge neighbours in time and space before judging durations.
     merged: list[np.ndarray] = []
@@ -275,33 +359,43 @@ def cluster_fixations(fixations: Sequence[Fixation], radius_px: float) -> list[F
 @dataclass(frozen=True)
 class GazePromptConfig:
     cluster_radius_deg: float = 10.0  # centroid linkage; large: one big structure gets many far-apart looks
-    outlier_factor: float = 2.5  # in the dominant cluster, drop fixations > factor x median distance...
-    outlier_min_deg: float = 2.0  # ...and farther than this from the dwell-weighted median
-    gaze_accuracy_deg: float = 0.5  # expected gaze error: removed from the fixations' spread
-    # Box half-size = k x the fixations' (error-corrected) spread, per axis and isotropic; every
-    # candidate is decoded in one batch and the masks vote. k measured in bench/gaze.py: fixations
-    # drawn towards a structure's middle cover only its core.
-    scales: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0, 8.0)
-    isotropic: bool = True  # also the isotropic-spread box at every scale
-    min_half_deg: float = 1.0  # no box smaller than the gaze error itself
-    vote: float = 0.5  # a pixel is in the mask when at least this fraction of candidates agree
+    outlier_factor: float = 2.5  # in the dominant cluster, drop a fixation > factor x the others' median distance...
+    outlier_min_deg: float = 0.75  # ...from their dwell-weighted median, and farther than this (a stray glance)
+    # Candidate boxes: the fixations' bounding box grown by pad = f x max(spread, min_pad_deg) per
+    # side, for every f; all decoded in ONE batch against the cached embedding, then scored.
+    pads: tuple[float, ...] = (0.5, 1.0, 1.6, 2.4, 3.5, 5.0)
+    min_pad_deg: float = 0.3
+    inside_tolerance_deg: float = 0.15  # a fixation this close to the mask counts as inside (centroid error)
+    # score = predicted IoU + w_stab x stability + w_fit x box/mask fit - w_touch x mask along the box
+    # edge + w_centre x centrality, candidates that leave core fixations outside are demoted
+    # (weights measured on simulated gaze, bench/gaze.py; not on the benchmark's seeds)
+    # (measured on the tuning set: fit 0; touch 0 too, but 1.0 costs <0.01 there and stops a box that
+    # cuts through a uniform structure when the fixations bunch in its middle)
+    w_stab: float = 0.5
+    w_fit: float = 0.0
+    w_touch: float = 1.0
+    w_centre: float = 1.0
+    w_cover: float = 2.0
+    fixed_point: int = 1  # re-decode with the chosen mask's own bounding box (a tight box) this many times
+    reuse_deg: float = 0.25  # live: keep the last box when the cluster moved less than this and stays inside
     points_to_decoder: bool = False  # LiteMedSAM is box-trained; points only travel in the PromptSet
     min_dwell_s: float = 0.1
     reject_radius_deg: float = 1.5  # fixations this close to a rejected dwell are ignored
 
 
-# Live mode: one box (k = 5, per axis) per update, i.e. one decoder call. The 10-box vote costs 10
-# decoder calls for about the same Dice on the dev sets (bench/gaze.py prints both).
-LIVE_PROMPT_CONFIG = GazePromptConfig(scales=(5.0,), isotropic=False)
+# Live mode: fewer candidate boxes per update (each decoder call costs ~60-100 ms on 2 cores), and
+# the previous box is reused while the cluster stays put (LiveGazeSession).
+LIVE_PROMPT_CONFIG = GazePromptConfig(pads=(0.8, 1.8, 3.5))
 
 
 @dataclass
 class GazeProposal:
     prompt: PromptSet
     cluster: FixationCluster
-    score: float  # agreement between the candidate masks (mean IoU with the vote), 0..1
+    score: float  # the chosen candidate's score (see GazePromptConfig)
     candidates: int  # how many boxes were decoded
-    segmentation: object = None  # the voted mask in a Segmentation (from the candidate closest to it)
+    segmentation: object = None  # models.segmentation.Segmentation of prompt's box (after the fixed point)
+    decodes: int = 0  # decoder calls spent (candidates + fixed point)
 
 
 def _cluster_points(cluster: FixationCluster, rejected: Sequence[Point], shape) -> tuple[Point, ...]:
@@ -324,76 +418,203 @@ def _box_around(cx, cy, hx, hy, shape) -> Box | None:
 
 def robust_core(cluster: FixationCluster, geometry: ViewingGeometry,
                 config: GazePromptConfig = GazePromptConfig()) -> FixationCluster:
-    """The cluster without fixations far from its dwell-weighted median (a glance at a neighbour)."""
-    if len(cluster.fixations) < 3:
+    """The cluster without a stray glance: each fixation is compared with the dwell-weighted median of
+    the OTHERS (so the stray cannot pull the reference towards itself) and dropped when it lies more
+    than outlier_factor x their median distance and more than outlier_min_deg away. At most a third
+    of the fixations go (the dominant cluster is what the reader looked at most)."""
+    fx = list(cluster.fixations)
+    if len(fx) == 2:
+        # Two places: in a small structure the looks merge into one long fixation, and the other is
+        # the glance away. Keep the clearly longer dwell when they are far apart.
+        a, b = sorted(fx, key=lambda f: -f.duration)
+        far = math.hypot(a.x - b.x, a.y - b.y) > 2.0 * geometry.deg_to_px(config.outlier_min_deg)
+        return _make_cluster([a]) if far and a.duration >= 1.5 * b.duration else cluster
+    if len(fx) < 3:
         return cluster
-    P = np.array([[f.x, f.y] for f in cluster.fixations])
-    med = np.median(P, axis=0)
-    d = np.hypot(*(P - med).T)
-    keep = d <= max(config.outlier_factor * float(np.median(d)), geometry.deg_to_px(config.outlier_min_deg))
-    return _make_cluster([f for f, k in zip(cluster.fixations, keep) if k]) if keep.any() else cluster
+    P = np.array([[f.x, f.y] for f in fx])
+    w = np.array([max(f.duration, 1e-3) for f in fx])
+    floor = geometry.deg_to_px(config.outlier_min_deg)
+    excess = np.zeros(len(fx))
+    for i in range(len(fx)):
+        others = np.arange(len(fx)) != i
+        med = np.array([_weighted_median(P[others, 0], w[others]), _weighted_median(P[others, 1], w[others])])
+        d_others = np.hypot(*(P[others] - med).T)
+        d = float(np.hypot(*(P[i] - med)))
+        # with two others the median is one of them: their spread is the distance between them
+        scale = float(np.hypot(*(P[others][0] - P[others][1]))) if len(fx) == 3 else float(np.median(d_others))
+        limit = max(config.outlier_factor * scale, floor)
+        excess[i] = d / max(limit, 1e-9)
+    drop = [i for i in np.argsort(-excess)[: len(fx) // 3] if excess[i] > 1.0]
+    if not drop:
+        return cluster
+    return _make_cluster([f for i, f in enumerate(fx) if i not in drop])
+
+
+def _weighted_median(v: np.ndarray, w: np.ndarray) -> float:
+    o = np.argsort(v)
+    c = np.cumsum(w[o])
+    return float(v[o][np.searchsorted(c, 0.5 * c[-1])])
 
 
 def candidate_boxes(cluster: FixationCluster, shape: tuple[int, int], geometry: ViewingGeometry,
                     config: GazePromptConfig = GazePromptConfig()) -> list[Box]:
-    w = np.array([max(f.duration, 1e-3) for f in cluster.fixations])
+    """The fixations' bounding box grown by each pad (one box per pad, smallest first).
+
+    Readers look at the inside of a structure, mostly its middle (DESIGN.md's reader: fixations ~
+    distance transform), so the fixations' extent underestimates the structure's: the pads are
+    multiples of the fixations' spread (how far apart they are), never less than min_pad_deg."""
     P = np.array([[f.x, f.y] for f in cluster.fixations])
+    w = np.array([max(f.duration, 1e-3) for f in cluster.fixations])
     c = (P * w[:, None]).sum(0) / w.sum()
-    var = ((P - c) ** 2 * w[:, None]).sum(0) / w.sum()
-    err2 = geometry.deg_to_px(config.gaze_accuracy_deg) ** 2
-    sd_axis = np.sqrt(np.maximum(var - err2, 0.0))
-    sd_iso = float(np.sqrt(max(var.sum() / 2 - err2, 0.0)))
-    floor = geometry.deg_to_px(config.min_half_deg)
+    spread = float(np.sqrt(((P - c) ** 2 * w[:, None]).sum(1).sum() / w.sum()))
+    base = max(spread, geometry.deg_to_px(config.min_pad_deg))
+    lo, hi = P.min(0), P.max(0)
+    mid, half = (lo + hi) / 2.0, (hi - lo) / 2.0
     boxes: list[Box] = []
-    for k in config.scales:
-        for sx, sy in ((sd_axis[0], sd_axis[1]),) + (((sd_iso, sd_iso),) if config.isotropic else ()):
-            b = _box_around(c[0], c[1], max(k * sx, floor), max(k * sy, floor), shape)
-            if b is not None and b not in boxes:
-                boxes.append(b)
+    for f in config.pads:
+        b = _box_around(mid[0], mid[1], half[0] + f * base, half[1] + f * base, shape)
+        if b is not None and b not in boxes:
+            boxes.append(b)
     return boxes
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    ys = np.nonzero(mask.any(1))[0]
+    xs = np.nonzero(mask.any(0))[0]
+    if len(xs) == 0:
+        return None
+    return int(xs[0]), int(ys[0]), int(xs[-1]), int(ys[-1])
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    u = np.count_nonzero(a | b)
+    return float(np.count_nonzero(a & b) / u) if u else 0.0
+
+
+def _box_iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
+    inter = ix * iy
+    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
+    return float(inter / (area(a) + area(b) - inter))
+
+
+def candidate_features(masks: Sequence[np.ndarray], ious: Sequence[float], boxes: Sequence[Box],
+                       cluster: FixationCluster, geometry: ViewingGeometry,
+                       config: GazePromptConfig = GazePromptConfig()) -> np.ndarray:
+    """Per candidate: [predicted IoU, stability, box fit, touch, centrality, cover] (see score_candidates).
+
+    stability: IoU with the masks of the neighbouring pads (a real boundary does not move when the
+    box grows a little); fit: IoU of the box with the mask's own bounding box (a box around the whole
+    structure gives a mask that fills it); touch: fraction of the box's edge (inside the image) the mask
+    runs along (a box cutting through the structure); centrality: the fixations' depth inside the mask
+    relative to its deepest point (readers look at the middle); cover: dwell-weighted fraction of the
+    fixations inside the mask (within inside_tolerance_deg)."""
+    from scipy import ndimage
+
+    h, w = masks[0].shape
+    tol = geometry.deg_to_px(config.inside_tolerance_deg)
+    P = np.array([[f.x, f.y] for f in cluster.fixations])
+    wt = np.array([max(f.duration, 1e-3) for f in cluster.fixations])
+    wt = wt / wt.sum()
+    ix = np.clip(np.round(P[:, 0]).astype(int), 0, w - 1)
+    iy = np.clip(np.round(P[:, 1]).astype(int), 0, h - 1)
+    feats = np.zeros((len(masks), 6))
+    for k, (m, q, b) in enumerate(zip(masks, ious, boxes)):
+        bb = _bbox(m)
+        if bb is None:
+            feats[k] = [q, 0, 0, 1, 0, 0]
+            continue
+        stab = [_iou(m, masks[j]) for j in (k - 1, k + 1) if 0 <= j < len(masks)]
+        fit = _box_iou((b.x0, b.y0, b.x1, b.y1), bb)
+        x0, y0, x1, y1 = int(round(b.x0)), int(round(b.y0)), int(round(b.x1)), int(round(b.y1))
+        edges = []
+        if x0 > 0:
+            edges.append(m[y0:y1 + 1, x0])
+        if x1 < w - 1:
+            edges.append(m[y0:y1 + 1, x1])
+        if y0 > 0:
+            edges.append(m[y0, x0:x1 + 1])
+        if y1 < h - 1:
+            edges.append(m[y1, x0:x1 + 1])
+        touch = float(np.concatenate(edges).mean()) if edges else 0.0
+        # distance transform on the mask's bounding region only (cheap)
+        sub = m[bb[1]:bb[3] + 1, bb[0]:bb[2] + 1]
+        dt_in = ndimage.distance_transform_edt(np.pad(sub, 1))[1:-1, 1:-1]
+        depth = np.zeros(len(P))
+        inside = (ix >= bb[0]) & (ix <= bb[2]) & (iy >= bb[1]) & (iy <= bb[3])
+        depth[inside] = dt_in[iy[inside] - bb[1], ix[inside] - bb[0]]
+        centre = float((wt * depth).sum() / max(dt_in.max(), 1e-6))
+        if tol >= 1:
+            dist_out = ndimage.distance_transform_edt(~m)
+            cover = float((wt * (dist_out[iy, ix] <= tol)).sum())
+        else:
+            cover = float((wt * m[iy, ix]).sum())
+        feats[k] = [q, float(np.mean(stab)) if stab else 1.0, fit, touch, centre, cover]
+    return feats
+
+
+def score_candidates(feats: np.ndarray, config: GazePromptConfig = GazePromptConfig()) -> np.ndarray:
+    q, stab, fit, touch, centre, cover = feats.T
+    return (q + config.w_stab * stab + config.w_fit * fit - config.w_touch * touch + config.w_centre * centre
+            - config.w_cover * (1.0 - cover))
+
+
+def _decode_boxes(segmenter, embedding, boxes: Sequence[Box], points: tuple[Point, ...]):
+    return segmenter.decode_batch(embedding, [PromptSet(points=points, box=b) for b in boxes])
+
+
+def _mask_box(mask: np.ndarray, confidence: float, pad: float = 1.0) -> Box | None:
+    """The mask's bounding box, one pixel out: the decoder's mask edge sits slightly inside the box it
+    was given, so re-decoding the bare bounding box again and again would shrink it step by step."""
+    bb = _bbox(mask)
+    if bb is None or bb[2] - bb[0] < 1 or bb[3] - bb[1] < 1:
+        return None
+    h, w = mask.shape
+    return Box(max(0.0, bb[0] - pad), max(0.0, bb[1] - pad), min(w - 1.0, bb[2] + pad), min(h - 1.0, bb[3] + pad),
+               PromptSource.GAZE, float(np.clip(confidence, 0, 1)))
 
 
 def propose_box(segmenter, embedding, shape: tuple[int, int], cluster: FixationCluster,
                 rejected: Sequence[Point] = (), config: GazePromptConfig = GazePromptConfig(),
-                geometry: ViewingGeometry | None = None) -> GazeProposal:
-    """Boxes sized from the fixations' spread, decoded in one batch; the masks vote.
-
-    Returns the voted mask's bounding box as the prompt's box (so the PromptSet alone reproduces a
-    close mask) and, as the segmentation, the candidate mask closest to the vote with the voted mask.
-    """
+                geometry: ViewingGeometry | None = None, boxes: Sequence[Box] | None = None) -> GazeProposal:
+    """Candidate boxes (`boxes`, or candidate_boxes' by default) around the dominant cluster's core, decoded in one batch and scored; the best
+    mask's own bounding box is then decoded again (fixed point: the box a user would have drawn
+    around that mask), and kept when it still holds the fixations and the decoder rates it as well."""
     geometry = geometry or ViewingGeometry()
     core = robust_core(cluster, geometry, config)
-    boxes = candidate_boxes(core, shape, geometry, config)
+    boxes = list(boxes) if boxes is not None else candidate_boxes(core, shape, geometry, config)
     if not boxes:
         raise InvalidPromptError("the gaze cluster gives no usable box (image too small?).")
     points = _cluster_points(core, rejected, shape)
     dec_points = points if config.points_to_decoder else ()
-    segs = segmenter.decode_batch(embedding, [PromptSet(points=dec_points, box=b) for b in boxes])
-    masks = np.stack([s.mask for s in segs])
-    # A candidate that covers a rejected dwell is out of the vote: the user said "not that".
-    ok = np.array([not any(m[int(round(p.y)), int(round(p.x))] for p in rejected) for m in masks])
-    if not ok.any():
-        ok[:] = True
-    vote = masks[ok].mean(0) >= config.vote
-    inter = (masks & vote).reshape(len(masks), -1).sum(1)
-    union = (masks | vote).reshape(len(masks), -1).sum(1)
-    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-    iou[~ok] = -1
-    k = int(np.argmax(iou))
-    agreement = float(np.mean(iou[ok]))
-    best = segs[k]
-    if vote.any():
-        ys, xs = np.nonzero(vote)
-        box = Box(float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()), PromptSource.GAZE,
-                  float(np.clip(agreement, 0, 1)))
-        best.mask = vote
-    else:
-        box = replace(boxes[k], confidence=0.0)
-    prompt = PromptSet(points=points, box=box, label="gaze").with_note(
+    segs = _decode_boxes(segmenter, embedding, boxes, dec_points)
+    masks = [s.mask for s in segs]
+    feats = candidate_features(masks, [s.predicted_iou for s in segs], boxes, core, geometry, config)
+    score = score_candidates(feats, config)
+    # A candidate that covers a rejected dwell is demoted: the user said "not that".
+    for k, m in enumerate(masks):
+        if any(m[int(round(p.y)), int(round(p.x))] for p in rejected):
+            score[k] -= 10.0
+    k = int(np.argmax(score))
+    best, box, best_score, decodes = segs[k], boxes[k], float(score[k]), len(boxes)
+    for _ in range(max(0, config.fixed_point)):
+        fb = _mask_box(best.mask, best.predicted_iou)
+        if fb is None or fb == replace(box, confidence=fb.confidence):
+            break
+        fseg = _decode_boxes(segmenter, embedding, [fb], dec_points)[0]
+        decodes += 1
+        ff = candidate_features([fseg.mask], [fseg.predicted_iou], [fb], core, geometry, config)
+        if ff[0, 5] + 1e-9 < feats[k, 5] or fseg.predicted_iou < best.predicted_iou - 0.05 \
+                or any(fseg.mask[int(round(p.y)), int(round(p.x))] for p in rejected):
+            break
+        best, box = fseg, fb
+    prompt = PromptSet(points=points, box=replace(box, confidence=float(np.clip(best.predicted_iou, 0, 1))),
+                       label="gaze").with_note(
         f"gaze: {len(core.fixations)} of {len(cluster.fixations)} fixations ({core.dwell_s * 1000:.0f} ms dwell) "
-        f"around ({core.x:.0f}, {core.y:.0f}); {len(boxes)} candidate boxes voted (agreement {agreement:.2f})"
-        + (f"; {len(rejected)} rejected dwell(s) as negative points" if rejected else ""))
-    return GazeProposal(prompt, core, agreement, len(boxes), best)
+        f"around ({core.x:.0f}, {core.y:.0f}); {len(boxes)} candidate boxes scored, then the mask's own box "
+        f"({decodes} decodes)" + (f"; {len(rejected)} rejected dwell(s) as negative points" if rejected else ""))
+    return GazeProposal(prompt, core, best_score, len(boxes), best, decodes)
 
 
 def decoder_prompt(prompt: PromptSet, config: GazePromptConfig = GazePromptConfig()) -> PromptSet:
@@ -407,14 +628,20 @@ def gaze_prompt(segmenter, embedding, shape: tuple[int, int], fixations: Sequenc
                 geometry: ViewingGeometry, rejected: Sequence[Point] = (),
                 config: GazePromptConfig = GazePromptConfig()) -> GazeProposal:
     """Fixations (slice pixels) -> the dominant cluster's box proposal."""
+    clusters = dominant_clusters(fixations, shape, geometry, rejected, config)
+    return propose_box(segmenter, embedding, shape, clusters[0], rejected, config, geometry)
+
+
+def dominant_clusters(fixations: Sequence[Fixation], shape: tuple[int, int], geometry: ViewingGeometry,
+                      rejected: Sequence[Point] = (), config: GazePromptConfig = GazePromptConfig()) -> list[FixationCluster]:
+    """Usable fixations (on the image, long enough, away from rejected dwells) clustered, largest dwell first."""
     fx = [f for f in fixations_on_image(fixations, shape) if f.duration >= config.min_dwell_s - 1e-9]
     reject_px = geometry.deg_to_px(config.reject_radius_deg)
     fx = [f for f in fx if all(math.hypot(f.x - p.x, f.y - p.y) > reject_px for p in rejected)]
     if not fx:
         raise InvalidPromptError("no fixation on the image yet: look at the structure for a moment "
                                  "(at least 100 ms) or check that the markers around the image are visible.")
-    clusters = cluster_fixations(fx, geometry.deg_to_px(config.cluster_radius_deg))
-    return propose_box(segmenter, embedding, shape, clusters[0], rejected, config, geometry)
+    return cluster_fixations(fx, geometry.deg_to_px(config.cluster_radius_deg))
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,7 +679,9 @@ class LiveGazeSession:
         self._rejected: list[Point] = []
         self._rejected_spans: list[tuple[float, float]] = []
         self._last_key: tuple | None = None
+        self._incremental_ok = False  # False: the next update scores the full candidate set
         self.last: GazeUpdate | None = None
+        self.decodes = 0  # decoder calls spent so far (bench/gaze.py reports the rate)
 
     # -- inputs ------------------------------------------------------------------------------
     def add_samples(self, samples: Iterable[GazeSample]) -> GazeUpdate | None:
@@ -477,6 +706,7 @@ class LiveGazeSession:
         h, w = self.shape
         self._rejected.append(Point(float(np.clip(x, 0, w - 1)), float(np.clip(y, 0, h - 1)), False, PromptSource.GAZE))
         self._last_key = None
+        self._incremental_ok = False
         return self.update()
 
     def reset(self) -> None:
@@ -485,6 +715,7 @@ class LiveGazeSession:
         self._rejected.clear()
         self._rejected_spans.clear()
         self._last_key = None
+        self._incremental_ok = False
         self.last = None
 
     # -- state -------------------------------------------------------------------------------
@@ -497,22 +728,62 @@ class LiveGazeSession:
         return sorted(own + self._device_fixations, key=lambda f: f.t_start)
 
     def update(self) -> GazeUpdate | None:
+        """Re-decode when the fixations changed enough to matter; None when nothing new was decoded.
+
+        Cost control (each decoder call is ~60-100 ms on 2 cores): an unchanged fixation set is not
+        re-decoded; a cluster that moved less than reuse_deg with every fixation still inside the
+        current mask keeps it (no decode); new fixations on the same structure (half the dwell or
+        more inside the current mask) extend the current box to take them in (one decode + the fixed
+        point); only a new place (or a rejection) scores the full candidate set again."""
         t0 = time.perf_counter()
+        cfg = self.prompt_config
         fx = fixations_on_image(self.fixations(), self.shape)
-        fx = [f for f in fx if f.duration >= self.prompt_config.min_dwell_s - 1e-9
+        fx = [f for f in fx if f.duration >= cfg.min_dwell_s - 1e-9
               and not any(f.t_start <= e and s <= f.t_end for s, e in self._rejected_spans)]
-        # re-decode only when the fixation set (rounded) changed: a growing fixation moves its end
-        # time every sample, its centroid barely
+        # a growing fixation moves its end time every sample, its centroid barely
         key = tuple((round(f.x), round(f.y), round(f.duration, 1)) for f in fx) + (len(self._rejected),)
         if not fx or key == self._last_key:
             return None
         self._last_key = key
         try:
-            prop = gaze_prompt(self.segmenter, self.embedding, self.shape, fx, self.geometry, self._rejected,
-                               self.prompt_config)
+            cluster = dominant_clusters(fx, self.shape, self.geometry, self._rejected, cfg)[0]
         except InvalidPromptError:
             return None  # every fixation was rejected: wait for new ones
+        prev = self.last if self._incremental_ok else None
+        boxes = None
+        if prev is not None and prev.prompt.box is not None:
+            core = robust_core(cluster, self.geometry, cfg)
+            m = prev.segmentation.mask
+            cover = candidate_features([m], [1.0], [prev.prompt.box], core, self.geometry, cfg)[0, 5]
+            moved = math.hypot(core.x - prev.cluster.x, core.y - prev.cluster.y)
+            if cover >= 1.0 - 1e-9 and moved <= self.geometry.deg_to_px(cfg.reuse_deg):
+                return None  # the current mask already answers these fixations
+            if cover >= 0.5:
+                # the current box taken out to the new fixations, and 1.5x that: an early choice made
+                # from one or two looks can still grow (two decodes, scored like the full set)
+                ext = _extend_box(prev.prompt.box, core, self.shape, self.geometry, cfg)
+                boxes = [ext] + [b for b in [_scale_box(ext, 1.5, self.shape)] if b is not None and b != ext]
+        prop = propose_box(self.segmenter, self.embedding, self.shape, cluster, self._rejected, cfg, self.geometry,
+                           boxes=boxes)
+        self._incremental_ok = True
         seg = prop.segmentation
         seg.notes = list(seg.notes) + list(prop.prompt.notes)
+        self.decodes += prop.decodes
         self.last = GazeUpdate(prop.prompt, seg, tuple(fx), prop.cluster, (time.perf_counter() - t0) * 1000.0)
         return self.last
+
+
+def _scale_box(box: Box, factor: float, shape: tuple[int, int]) -> Box | None:
+    cx, cy = (box.x0 + box.x1) / 2.0, (box.y0 + box.y1) / 2.0
+    return _box_around(cx, cy, factor * (box.x1 - box.x0) / 2.0, factor * (box.y1 - box.y0) / 2.0, shape)
+
+
+def _extend_box(box: Box, core: FixationCluster, shape: tuple[int, int], geometry: ViewingGeometry,
+                config: GazePromptConfig) -> Box:
+    """The current box grown to take in the new fixations (each with the smallest pad around it)."""
+    pad = geometry.deg_to_px(config.min_pad_deg)
+    P = np.array([[f.x, f.y] for f in core.fixations])
+    h, w = shape
+    x0, y0 = min(box.x0, float(P[:, 0].min()) - pad), min(box.y0, float(P[:, 1].min()) - pad)
+    x1, y1 = max(box.x1, float(P[:, 0].max()) + pad), max(box.y1, float(P[:, 1].max()) + pad)
+    return Box(max(0.0, x0), max(0.0, y0), min(w - 1.0, x1), min(h - 1.0, y1), PromptSource.GAZE, 1.0)

@@ -117,10 +117,12 @@ def test_live_session_updates_and_rejection(segmenter, disc_image):
     ups = [u for i in range(0, len(samples), 10) if (u := live.add_samples(samples[i:i + 10])) is not None]
     assert len(ups) >= 2 and ups[-1] is live.last
     m = live.last.segmentation.mask
-    # live mode decodes one box (k=5 x spread): it covers the disc, with some background (0.76 here);
-    # quality on real structures is measured by bench/gaze.py
-    assert 2 * (m & mask).sum() / (m.sum() + mask.sum()) > 0.7
-    assert m[mask].mean() > 0.95
+    # the tight box gives Dice 0.96 / 92 % of the disc here; the live proposal (candidate boxes, then
+    # the mask's own box) must come close, and not drift inwards update after update
+    assert 2 * (m & mask).sum() / (m.sum() + mask.sum()) > 0.9
+    assert m[mask].mean() > 0.88
+    assert all(2 * (u.segmentation.mask & mask).sum() / (u.segmentation.mask.sum() + mask.sum()) > 0.9
+               for u in ups if np.hypot(u.cluster.x - 120, u.cluster.y - 100) < 40)
     assert live.add_samples([]) is None  # nothing new: no re-decode
     # the user rejects the current dwell: it becomes a negative point, the rest is re-clustered
     up = live.reject()
