@@ -454,7 +454,7 @@ def test_live_tracker_drives_the_mask(app):
 
     The Realtime API streams the scene camera as RTSP video, which the fake cannot serve: a thread
     here plays the scene camera, handing the link real rendered frames of the marker board (the
-    same frames the worker would decode), 10 per second."""
+    same frames the worker would decode), 5 per second."""
     import threading
     import time
 
@@ -487,7 +487,7 @@ def test_live_tracker_drives_the_mask(app):
         def camera():
             while not stop.is_set():
                 link.feed_frame(frame, time.time())
-                time.sleep(0.1)
+                time.sleep(0.2)
 
         cam = threading.Thread(target=camera, daemon=True)
         cam.start()
@@ -527,6 +527,60 @@ def test_live_tracker_drives_the_mask(app):
             run(app.radio(key="gaze_mode").set_value("Live tracker"))
             run(app.button(key="gaze_stop").click())
             assert LIVE_KEY not in app.session_state and not link.worker.running
+        finally:
+            stop.set()
+            link.stop()
+
+
+def test_live_tracker_uses_the_devices_own_fixations(app):
+    """Companion >= 2.9 streams its own fixations: the app maps and uses those (not the samples)."""
+    import threading
+    import time
+
+    from app.views.gaze_panel import LIVE_KEY, current_geometry
+    from tests.fake_neon import FakeNeon
+
+    ws = open_demo(app)
+    run(app.radio(key="gaze_mode").set_value("Live tracker"))
+    layout, viewer, _ = current_geometry(ws)
+    frame, H = _scene_camera(layout)
+
+    def scene_of(ix, iy):
+        sx, sy = viewer.image_to_screen(ix, iy)
+        p = H @ np.array([sx, sy, 1.0])
+        return float(p[0] / p[2]), float(p[1] / p[2])
+
+    stop = threading.Event()
+    with FakeNeon(gaze=lambda t: (*scene_of(140, 60), True), eye_events=True) as dev:
+        app.text_input(key="gaze_address").set_value("127.0.0.1")
+        app.number_input(key="gaze_port").set_value(dev.port)
+        run(app.button(key="gaze_connect").click())
+        link = app.session_state[LIVE_KEY]
+
+        def camera():
+            while not stop.is_set():
+                link.feed_frame(frame, time.time())
+                time.sleep(0.2)
+
+        threading.Thread(target=camera, daemon=True).start()
+        try:
+            _wait_page(app, lambda: link.counts.on_image > 0, 60, "gaze on the image")
+            assert ws_of(app).objects == ()  # samples alone do not segment when the device gives fixations
+            now = time.time()
+            dev.send_fixation(now - 0.45, now - 0.2, *scene_of(66, 125))
+            dev.send_fixation(now - 0.15, now, *scene_of(68, 129))
+
+            def segmented():
+                o = ws_of(app).active_object
+                r = o.result(20) if o is not None else None
+                return r is not None and r.mask.any()
+
+            _wait_page(app, segmented, 60, "a mask from the device's fixations")
+            r = ws_of(app).objects[0].result(20)
+            ys, xs = np.nonzero(r.mask)
+            assert np.hypot(xs.mean() - 67, ys.mean() - 127) < 12
+            assert any(c.value.startswith("Gaze on the image:") and "fixations from the device" in c.value for c in app.caption)
+            run(app.button(key="gaze_stop").click())
         finally:
             stop.set()
             link.stop()
@@ -638,3 +692,25 @@ def test_text_box_and_gaze_fuse_with_clicks(segmenter):
     r2 = actions.apply_gaze(ws, segmenter, newer, segmenter.decode(emb, newer))
     assert [input_kind(p) for p in r2.inputs] == ["click", "gaze"]
     assert r2.fusion and r2.prompt.box.x1 >= 80
+
+
+def test_box_and_background_scribble_are_fused(segmenter):
+    """A drawn box + a background stroke through part of its mask: fused, the stroke frames the box
+    (prompting.scribbles) and the stroke's pixels leave the mask."""
+    from app import actions
+    from app.prompts import DrawnPrompt
+    from app.state import Workstation, open_study
+    from app.views.study import DEMO, load_study
+
+    ws = Workstation()
+    open_study(ws, load_study(DEMO, "demo", "demo"))
+    first = actions.apply_drawn(ws, segmenter, DrawnPrompt("box", True, ((60.0, 80.0), (120.0, 140.0))))
+    ys, xs = np.nonzero(first.mask)
+    right = int(xs.max()) - 4
+    stroke = tuple((float(right), float(y)) for y in range(int(ys.min()), int(ys.max()) + 1, 6))
+    r = actions.apply_drawn(ws, segmenter, DrawnPrompt("scribble", False, stroke))
+    assert r.fusion and r.fusion[0].startswith("box + scribble: kept the drawn box"), r.fusion
+    assert any("background scribble" in n for n in r.fusion)
+    assert len(r.strokes) == 1 and not r.strokes[0].positive
+    assert all(not p.positive for p in r.prompt.points)
+    assert not r.mask[:, right].any() and r.area_px < first.area_px

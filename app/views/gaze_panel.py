@@ -173,7 +173,7 @@ def connect_live(address: str, port: int):
 
     from ..live_gaze import LiveGazeLink
 
-    link = LiveGazeLink(GazeStreamWorker(address, int(port)).start(), get_segmenter())
+    link = LiveGazeLink(GazeStreamWorker(address, int(port), scene_frames=True).start(), get_segmenter())
     st.session_state[LIVE_KEY] = link
     return link
 
@@ -222,7 +222,9 @@ def live_poll(ws: Workstation) -> None:
     if msg is not None:
         getattr(st, msg[0])(msg[1])
     n = link.counts
-    st.caption(f"Gaze on the image: {n.on_image} of {n.received} samples · scene frames mapped: {n.frames}"
+    camera = {True: "streaming", False: "not streamed by the device", None: "–"}[getattr(s, "scene_camera", None)]
+    st.caption(f"Gaze on the image: {n.on_image} of {n.received} samples · scene camera: {camera} · "
+               f"scene frames mapped: {n.frames}"
                + (f" ({n.frames_failed} without enough markers)" if n.frames_failed else "")
                + f" · masks: {n.updates}" + (" · fixations from the device" if s.eye_events else ""))
     if n.received and not n.on_image and n.last_frame_error:
