@@ -213,7 +213,7 @@ def live_poll(ws: Workstation) -> None:
     if link is None:
         return
     s = link.worker.status()
-    c = st.columns(4)
+    c = st.columns([3, 2, 2, 2])  # "connecting" must fit
     c[0].metric("Connection", s.connection)
     c[1].metric("Battery", f"{s.battery_percent} %" if s.battery_percent is not None else "–")
     c[2].metric("Worn", {True: "yes", False: "no", None: "–"}[s.worn])
