@@ -56,6 +56,7 @@ class LiveGazeLink:
     session: object = None  # prompting.gaze.LiveGazeSession of the current view
     mapping: object = None  # integrations.screen_mapping.SceneGazeMapping of the current view
     counts: LiveCounts = field(default_factory=LiveCounts)
+    last_step: tuple | None = None  # (undo depth, object, slice, objects id) after the last live mask
     _pending: deque = field(default_factory=lambda: deque(maxlen=MAX_PENDING_FRAMES))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

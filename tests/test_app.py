@@ -527,6 +527,10 @@ def test_live_tracker_drives_the_mask(app):
             run(app.radio(key="gaze_mode").set_value("Live tracker"))
             run(app.button(key="gaze_stop").click())
             assert LIVE_KEY not in app.session_state and not link.worker.running
+            assert link.counts.updates >= 2  # masks at the wrong place, then at the putamen...
+            for _ in range(3):  # ...are one undo step: box, new object, then the whole look
+                run(app.button(key="undo").click())
+            assert ws_of(app).objects == ()
         finally:
             stop.set()
             link.stop()

@@ -184,12 +184,22 @@ def disconnect_live() -> None:
         link.stop()
 
 
-def store_live_update(ws: Workstation, update) -> None:
-    """A new live mask: on the active object (the first one makes a 'gaze' object)."""
+def store_live_update(ws: Workstation, update, link=None) -> None:
+    """A new live mask: on the active object (the first one makes a 'gaze' object).
+
+    Live masks follow one another while the user looks: consecutive ones (nothing else changed the
+    objects in between) are ONE undo step, so undo goes back to before this look, not through every
+    intermediate mask."""
     from .segment import after_prompt
 
+    depth = len(ws.undo_stack)
+    coalesce = link is not None and link.last_step == (depth, ws.active, ws.slice_index, id(ws.objects))
     label = "" if ws.active_object is not None else "gaze"
     after_prompt(ws, actions.apply_gaze(ws, get_segmenter(), update.prompt, update.segmentation, label=label))
+    if coalesce and len(ws.undo_stack) == depth + 1:
+        ws.undo_stack.pop()  # the previous live mask's snapshot: the one before the look stays
+    if link is not None:
+        link.last_step = (len(ws.undo_stack), ws.active, ws.slice_index, id(ws.objects))
 
 
 def live_status_message(s) -> tuple[str, str] | None:
@@ -236,7 +246,7 @@ def live_poll(ws: Workstation) -> None:
         update = link.poll()
     if update is not None:
         with guarded("segment from the live gaze"):
-            store_live_update(ws, update)
+            store_live_update(ws, update, link)
             st.rerun()
 
 
@@ -280,7 +290,7 @@ def render_live(ws: Workstation) -> None:
         with guarded("reject the gaze dwell"):
             update = link.reject()
             if update is not None:
-                store_live_update(ws, update)
+                store_live_update(ws, update, link)
             st.rerun()
     st.caption("Look at the structure: gaze is mapped to the image through the markers around it (scene camera), "
                "fixations become a box, and the mask follows as you look. Keep the markers visible.")
