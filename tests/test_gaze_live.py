@@ -100,11 +100,11 @@ class _FramesBeside:
 def test_live_device_gaze_through_frames_segments_the_disc(segmenter, disc_image):
     image, mask = disc_image
     s = _Setup(image_shape=mask.shape, zoom=2.0)
-    # the reader looks around the disc's middle (slice px (120, 100), radius 40) with small tremor
-    centres = [(112.0, 95.0), (128.0, 104.0), (118.0, 110.0)]
+    # the reader looks over the disc (slice px (120, 100), radius 40), 300 ms per place, with tremor
+    centres = [(104.0, 92.0), (138.0, 104.0), (116.0, 122.0), (124.0, 80.0)]
 
     def gaze(t):
-        cx, cy = centres[int(t / 0.3) % 3]
+        cx, cy = centres[int(t / 0.3) % 4]
         return (*s.scene_of_image(cx + 1.5 * math.sin(37 * t), cy + 1.5 * math.cos(41 * t)), True)
 
     with FakeNeon(gaze=gaze) as dev:
