@@ -163,13 +163,18 @@ def _lin(x: torch.Tensor, lin: nn.Linear) -> torch.Tensor:
 
 class _HeadAttention:
     """segment_anything's Attention (scaled dot-product, heads on channel slices) between a few
-    prompt tokens and the image's h*w tokens, without ever splitting the image side into heads.
+    prompt tokens (T, ~7) and the image's N = h*w tokens (4096), computed on the prompt side.
 
-    The prompt side is made block-diagonal instead: row (head, token) keeps only that head's
-    channels, so one product with the image tokens' full 128 channels gives every head's scores
-    (the other heads' channels meet zeros). The zeros cost a few MFLOP on the handful of prompt
-    tokens; the transposes of the 4096-token tensors they replace cost more (ONNX Runtime).
-    Mathematically the same function; float sums differ by rounding only (~1e-6)."""
+    1. Heads without transposes: the prompt side is made block-diagonal, row (head, token)
+       keeping only that head's channels, so one product with all C' channels of the image side
+       gives every head's scores (other heads' channels meet zeros).
+    2. Projections moved to the prompt side (matrix products re-associated): e.g. the scores
+       q . (x Wk^T + bk) are (q Wk) . x + q . bk, and softmax(.) (x Wv^T + bv) is
+       (softmax(.) x) Wv^T + bv since softmax rows sum to one. A projection of the N image tokens
+       (N x C x C' multiply-adds) becomes one of the heads*T block rows (heads*T << C'), so the
+       image side is only read by the score and weighted-sum products.
+    The same function as segment_anything's Attention: results differ by float rounding only
+    (decoder logits ~1e-5, checked at export load against PyTorch)."""
 
     def __init__(self, attn, mask: torch.Tensor):
         self.attn = attn
@@ -181,23 +186,38 @@ class _HeadAttention:
         b, t, c = x.shape
         return (x.unsqueeze(1) * self.mask).reshape(b, self.heads * t, c)
 
-    def tokens_to_image(self, q_in: torch.Tensor, k_img: torch.Tensor, v_img: torch.Tensor) -> torch.Tensor:
-        """Prompt tokens attend to the image. k_img, v_img: projected (B or 1, N, C')."""
-        q = _lin(q_in, self.attn.q_proj)
-        b, t, c = q.shape
-        a = torch.softmax((self._block(q) @ k_img.transpose(1, 2)) * self.scale, dim=-1)  # (B, heads*T, N)
-        out = ((a @ v_img).reshape(b, self.heads, t, c) * self.mask).sum(1)  # each head's slice
-        return _lin(out, self.attn.out_proj)
+    def _merge(self, o: torch.Tensor, t: int) -> torch.Tensor:  # (B, heads*T, C') -> (B, T, C'), each head's slice
+        return (o.reshape(o.shape[0], self.heads, t, -1) * self.mask).sum(1)
 
-    def image_to_tokens(self, q_img: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor) -> torch.Tensor:
-        """The image attends to the prompt tokens. q_img: projected (B or 1, N, C')."""
-        k = self._block(_lin(k_in, self.attn.k_proj))
-        v = self._block(_lin(v_in, self.attn.v_proj))
-        n = q_img.shape[1]
-        s = (q_img @ k.transpose(1, 2)) * self.scale  # (B, N, heads*T)
-        b = s.shape[0]
-        a = torch.softmax(s.reshape(b, n, self.heads, -1), dim=-1).reshape(b, n, -1)
-        return _lin(a @ v, self.attn.out_proj)  # (B, N, C'): heads already side by side
+    def tokens_to_image(self, q_in: torch.Tensor, k_img: torch.Tensor, v_img: torch.Tensor, projected: bool = False) -> torch.Tensor:
+        """Prompt tokens attend to the image. k_img, v_img (B or 1, N, .): the attention's key and
+        value inputs, or (projected=True) their projections, as decoder_prep provides them."""
+        a = self.attn
+        q = _lin(q_in, a.q_proj)
+        t = q.shape[1]
+        qb = self._block(q) * self.scale  # (B, heads*T, C')
+        if projected:
+            s = qb @ k_img.transpose(1, 2)
+        else:
+            s = (qb @ a.k_proj.weight) @ k_img.transpose(1, 2) + (qb @ a.k_proj.bias).unsqueeze(-1)
+        w = torch.softmax(s, dim=-1)  # (B, heads*T, N)
+        o = w @ v_img if projected else torch.nn.functional.linear(w @ v_img, a.v_proj.weight, a.v_proj.bias)
+        return _lin(self._merge(o, t), a.out_proj)
+
+    def image_to_tokens(self, q_img: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor, projected: bool = False) -> torch.Tensor:
+        """The image attends to the prompt tokens. q_img (B or 1, N, .): the attention's query
+        input, or (projected=True) its projection."""
+        a = self.attn
+        kb = self._block(_lin(k_in, a.k_proj)) * self.scale  # (B, heads*T, C')
+        # out_proj folded in; its bias too, split over the heads: each head's weights sum to one
+        vo = torch.nn.functional.linear(self._block(_lin(v_in, a.v_proj)), a.out_proj.weight, a.out_proj.bias / self.heads)
+        if projected:
+            s = q_img @ kb.transpose(1, 2)
+        else:
+            s = q_img @ (kb @ a.q_proj.weight).transpose(1, 2) + (kb @ a.q_proj.bias).unsqueeze(1)
+        b, n = s.shape[0], q_img.shape[1]
+        w = torch.softmax(s.reshape(b, n, self.heads, -1), dim=-1).reshape(b, n, -1)  # (B, N, heads*T)
+        return w @ vo  # = heads concatenated, then out_proj
 
 
 def _head_mask(attn) -> torch.Tensor:
@@ -265,25 +285,21 @@ class DecoderNoMaskModel(nn.Module):
         # layer 0 (skip_first_layer_pe): TwoWayAttentionBlock.forward, image projections given
         l0 = tr.layers[0]
         queries = l0.norm1(l0.self_attn(q=tokens, k=tokens, v=tokens))
-        queries = l0.norm2(queries + self._att(l0.cross_attn_token_to_image).tokens_to_image(queries + tokens, t2i_k, t2i_v))
+        t2i = self._att(l0.cross_attn_token_to_image)
+        queries = l0.norm2(queries + t2i.tokens_to_image(queries + tokens, t2i_k, t2i_v, projected=True))
         queries = l0.norm3(queries + l0.mlp(queries))
-        q = queries + tokens
-        keys = l0.norm4(keys0 + self._att(l0.cross_attn_image_to_token).image_to_tokens(i2t_q, q, queries))
+        i2t = self._att(l0.cross_attn_image_to_token)
+        keys = l0.norm4(keys0 + i2t.image_to_tokens(i2t_q, queries + tokens, queries, projected=True))
 
         for layer in tr.layers[1:]:  # TwoWayAttentionBlock.forward with the query/key PE
             q = queries + tokens
             queries = layer.norm1(queries + layer.self_attn(q=q, k=q, v=queries))
             kpe = keys + key_pe
-            t2i = layer.cross_attn_token_to_image
-            queries = layer.norm2(queries + self._att(t2i).tokens_to_image(
-                queries + tokens, _lin(kpe, t2i.k_proj), _lin(keys, t2i.v_proj)))
+            queries = layer.norm2(queries + self._att(layer.cross_attn_token_to_image).tokens_to_image(queries + tokens, kpe, keys))
             queries = layer.norm3(queries + layer.mlp(queries))
-            q = queries + tokens
-            i2t = layer.cross_attn_image_to_token
-            keys = layer.norm4(keys + self._att(i2t).image_to_tokens(_lin(kpe, i2t.q_proj), q, queries))
+            keys = layer.norm4(keys + self._att(layer.cross_attn_image_to_token).image_to_tokens(kpe, queries + tokens, queries))
 
-        fin = tr.final_attn_token_to_image
-        attn_out = self._att(fin).tokens_to_image(queries + tokens, _lin(keys + key_pe, fin.k_proj), _lin(keys, fin.v_proj))
+        attn_out = self._att(tr.final_attn_token_to_image).tokens_to_image(queries + tokens, keys + key_pe, keys)
         hs = tr.norm_final_attn(queries + attn_out)
 
         hyper = torch.stack([md.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in range(md.num_mask_tokens)], dim=1)
