@@ -10,8 +10,10 @@ dominant cluster's candidate boxes are decoded in one batch and scored, then the
 box is decoded (prompting/gaze.py). Baseline, same run, same cases, SAME decode path: the mask's
 tight bounding box. Two paths are measured for both:
 - one-shot (`box`, `gaze05`, `gaze10` in RESULT): the product's one-shot path
-  (models.zoom.segment_adaptive = app.pipeline.segment_best: whole-slice decode plus the zoomed
-  re-encode for small boxes), applied to the tight box and to the gaze box alike;
+  (models.zoom.segment_adaptive = app.pipeline.segment_best: whole-slice decode, then
+  `refine_with_zoom`: a zoomed re-encode for small boxes, kept when the decoder rates it >= 0.05
+  higher), applied to the tight box and to the gaze result alike (for gaze the whole-slice result is
+  the proposal's mask);
 - interactive (whole-slice decode only, what the live session shows).
 `latency_ms`: median time from the fixations being available to the interactive mask (fixation
 detection + clustering + candidate batch + fixed point; cached embedding). `live_hz`: a
@@ -38,7 +40,7 @@ from integrations.errors import InvalidPromptError  # noqa: E402
 from integrations.metrics import box_of, dice  # noqa: E402
 from models.cache import EmbeddingCache  # noqa: E402
 from models.registry import build_segmenter  # noqa: E402
-from models.zoom import ZoomPolicy, segment_adaptive  # noqa: E402
+from models.zoom import ZoomPolicy, refine_with_zoom, segment_adaptive  # noqa: E402
 from prompting.gaze import (FixationConfig, GazePromptConfig, GazeSample, LiveGazeSession,  # noqa: E402
                             decoder_prompt, detect_fixations, gaze_prompt)
 from prompting.promptset import PromptSet  # noqa: E402
@@ -64,7 +66,10 @@ def gaze_case(segmenter, emb, image01, case, geometry, sigma, seed, fcfg, pcfg, 
         return 0.0, 0.0, (time.perf_counter() - t0) * 1000
     ms = (time.perf_counter() - t0) * 1000
     inter = dice(prop.segmentation.mask, case.mask)
-    one = segment_adaptive(segmenter, image01, decoder_prompt(prop.prompt, pcfg), ZoomPolicy())
+    # the one-shot path on the gaze result: the same zoomed re-encode and acceptance rule as
+    # segment_adaptive gives the tight box, with the gaze proposal's mask as the whole-slice base
+    # (re-decoding its box instead would throw the candidate vote away)
+    one = refine_with_zoom(segmenter, image01, decoder_prompt(prop.prompt, pcfg), prop.segmentation, ZoomPolicy())
     return dice(one.mask, case.mask), inter, ms
 
 

@@ -6,8 +6,8 @@ import pytest
 
 from bench.simulated_gaze import bench_geometry, simulate_gaze
 from integrations.errors import InvalidPromptError
-from prompting.gaze import (Fixation, FixationConfig, GazePromptConfig, GazeSample, LiveGazeSession, ViewingGeometry,
-                            cluster_fixations, detect_fixations, gaze_prompt, robust_core)
+from prompting.gaze import (Fixation, FixationConfig, GazeSample, LiveGazeSession, ViewingGeometry, cluster_fixations,
+                            detect_fixations, estimate_noise_px, gaze_prompt, robust_core)
 
 GEOM = ViewingGeometry(600.0, 0.27, 4.0)  # ~9.7 image px per degree
 RATE = 200.0
@@ -51,6 +51,33 @@ def test_known_fixations_found(method):
         assert np.hypot(f.x - x, f.y - y) < 1.0
         assert abs(f.duration - dur) < 0.04
         assert f.source == method
+
+
+def test_noisy_gaze_adaptive_ivt_finds_fixations_and_the_glance_away():
+    # 1 deg per-sample error (8x Neon's precision): a 5-sample velocity would see saccades everywhere
+    px = GEOM.image_px_per_deg
+    truth = [(40.0, 50.0, 0.40), (52.0, 55.0, 0.35), (40.0, 70.0, 0.45), (70.0, 50.0, 0.25), (45.0, 58.0, 0.40)]
+    samples = _sequence(truth, np.random.default_rng(3), jitter_deg=1.0, saccade_s=0.025)
+    assert abs(estimate_noise_px(samples) / px - 1.0) < 0.15  # the noise is measured, not assumed
+    fx = detect_fixations(samples, GEOM)
+    assert 3 <= len(fx) <= 6, [(round(f.x), round(f.y), round(f.duration, 2)) for f in fx]
+    # every looked-at place has a fixation within 0.5 deg (averaging ~80 samples beats 1 deg noise)
+    for x, y, _ in truth:
+        assert min(np.hypot(f.x - x, f.y - y) for f in fx) < 0.5 * px, (x, y)
+    # the glance to (70, 50), 2.4 deg from the others, is its own fixation, not averaged in
+    assert any(np.hypot(f.x - 70, f.y - 50) < 0.5 * px for f in fx)
+    assert all(abs(f.x - 70) < 0.5 * px or f.x < 60 for f in fx)
+
+
+def test_robust_core_keeps_three_close_looks_and_drops_a_far_one():
+    f = lambda x, y, d: Fixation(0, d, x, y, int(d * 200))  # noqa: E731
+    close = [f(105, 85, 0.3), f(138, 112, 0.3), f(112, 122, 0.3)]  # three looks over one 80 px disc
+    geo = ViewingGeometry(600.0, 0.27, 2.0)
+    assert len(robust_core(cluster_fixations(close, 1e6)[0], geo).fixations) == 3
+    # two looks: the much longer dwell wins when they are far apart (merged looks vs a glance)
+    two = cluster_fixations([f(50, 50, 0.9), f(90, 50, 0.2)], 1e6)[0]
+    core = robust_core(two, geo)
+    assert len(core.fixations) == 1 and core.fixations[0].x == 50
 
 
 def test_thresholds_are_in_degrees():
