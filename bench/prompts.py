@@ -1,6 +1,8 @@
 """Dice per prompt mode with the simulated users of DESIGN.md, and uncertainty vs error.
 
-    .venv/bin/python bench/prompts.py [--max-cases 40] [--sets aal,brain,nuclei] [--seed 0]
+    .venv/bin/python bench/prompts.py [--max-cases 10] [--sets aal,brain,nuclei] [--seed 0]
+                                      [--offset 0] [--window default|auto|full] [--no-zoom]
+                                      [--cache-dir /tmp/clinseg-emb-prompts]
 
 Modes (same cases, same embeddings, same run):
   box            tight bounding box (the reference)
@@ -9,10 +11,17 @@ Modes (same cases, same embeddings, same run):
   click3         click1 + 2 corrections, each at the largest error region (positive/negative)
   scribble       one foreground stroke (skeleton of the eroded mask) -> prompting/scribbles
   box_negscribble  tight box + one background stroke near the border outside the target
-Uncertainty: models/uncertainty on the tight-box result; Spearman(score, 1 - Dice) over all cases.
-Images: each case's raw slice windowed by the `auto` percentile window (integrations.windowing),
-each distinct `Case.group` image encoded once. Subsampling (`--max-cases` per set) takes evenly
-spaced cases; the cases used are printed.
+Every mode ends in the SAME decode path, the product's one-shot path (`models.zoom.segment_adaptive`,
+what `app.pipeline.segment_best` runs): whole-slice decode, then a zoomed re-encode around a small box,
+kept when the decoder rates it clearly better. What reaches the decoder is
+`prompting.clicks.decoder_prompt` (box only for box-trained backends such as LiteMedSAM). `--no-zoom`
+measures the interactive whole-slice path instead.
+Uncertainty: models/uncertainty on the tight box (whole slice); Spearman(score, 1 - Dice of the box
+mode) over all cases.
+Images: each case's raw slice windowed by the product's default window for its modality
+(`integrations.windowing.default_window`: min-max for MR and microscopy); each distinct image encoded
+once (`--cache-dir` keeps embeddings on disk, so a re-run only decodes). `--max-cases` per set takes
+evenly spaced cases, `--offset` (0..1) shifts them by a fraction of the spacing (a second subset).
 """
 from __future__ import annotations
 
@@ -31,10 +40,12 @@ from scipy.stats import spearmanr  # noqa: E402
 from bench import simulated_users as su  # noqa: E402
 from bench.devdata import aal_cases, brain_cases, nuclei_cases  # noqa: E402
 from integrations.metrics import dice  # noqa: E402
-from integrations.windowing import apply_window, get_window, window_bounds  # noqa: E402
+from integrations.windowing import apply_window, default_window, get_window, window_bounds  # noqa: E402
+from models.cache import EmbeddingCache  # noqa: E402
 from models.registry import build_segmenter  # noqa: E402
 from models.uncertainty import UncertaintyConfig, segment_with_uncertainty  # noqa: E402
-from prompting.clicks import correct_with_click, propose_from_points  # noqa: E402
+from models.zoom import ZoomPolicy, segment_adaptive  # noqa: E402
+from prompting.clicks import correct_with_click, decoder_prompt, propose_from_points  # noqa: E402
 from prompting.promptset import PromptSet  # noqa: E402
 from prompting.scribbles import Scribble, propose_from_scribbles  # noqa: E402
 
@@ -42,69 +53,91 @@ MODES = ("box", "box_j", "click1", "click3", "scribble", "box_negscribble")
 SETS = {"aal": aal_cases, "brain": brain_cases, "nuclei": nuclei_cases}
 
 
-def subsample(cases: list, n: int | None) -> list:
+def subsample(cases: list, n: int | None, offset: float = 0.0) -> list:
+    """n evenly spaced cases; `offset` in [0, 1) shifts every index by that fraction of the spacing."""
     if not n or len(cases) <= n:
         return cases
-    return [cases[i] for i in np.linspace(0, len(cases) - 1, n).round().astype(int)]
+    step = (len(cases) - 1) / max(1, n - 1)
+    idx = np.clip(np.round(np.arange(n) * step + offset * step), 0, len(cases) - 1).astype(int)
+    return [cases[i] for i in sorted(set(idx.tolist()))]
 
 
-def run_case(seg, emb, img, mask, rng, n_clicks: int = 3) -> tuple[dict[str, float], float]:
+def one_shot(seg, img, prompt: PromptSet, zoom: ZoomPolicy | None):
+    """The product's one-shot decode of a prompt (the same for every mode)."""
+    return segment_adaptive(seg, img, decoder_prompt(seg, prompt), zoom)
+
+
+def run_case(seg, emb, img, mask, rng, zoom: ZoomPolicy | None, n_clicks: int = 3) -> tuple[dict[str, float], float]:
     out = {}
     tight = PromptSet.from_box(*su.tight_box(mask))
-    res = segment_with_uncertainty(seg, emb, tight, UncertaintyConfig())
-    out["box"] = dice(res.mask, mask)
-    out["box_j"] = dice(seg.decode(emb, PromptSet.from_box(*su.jittered_box(mask, rng))).mask, mask)
+    unc = segment_with_uncertainty(seg, emb, tight, UncertaintyConfig())
+    out["box"] = dice(one_shot(seg, img, tight, zoom).mask, mask)
+    out["box_j"] = dice(one_shot(seg, img, PromptSet.from_box(*su.jittered_box(mask, rng)), zoom).mask, mask)
 
     ps = propose_from_points(seg, emb, img, [su.click(mask, rng)])
-    r = seg.decode(emb, ps)
+    r = one_shot(seg, img, ps, zoom)
     out["click1"] = dice(r.mask, mask)
     for _ in range(n_clicks - 1):
         c = su.correction_click(mask, r.mask, rng)
         if c is None:
             break
-        ps = correct_with_click(seg, emb, ps, r.low_res_logits, c)
-        r = seg.decode(emb, ps)
+        ps = correct_with_click(seg, emb, ps, None, c, previous_mask=r.mask)
+        r = one_shot(seg, img, ps, zoom)
     out["click3"] = dice(r.mask, mask)
 
     fg = Scribble(su.scribble(mask, rng), width=3.0, positive=True)
-    out["scribble"] = dice(seg.decode(emb, propose_from_scribbles(seg, emb, [fg])).mask, mask)
+    out["scribble"] = dice(one_shot(seg, img, propose_from_scribbles(seg, emb, [fg]), zoom).mask, mask)
 
     bg = su.background_scribble(mask, rng)
     if len(bg):
-        ps = propose_from_scribbles(seg, emb, [Scribble(bg, 3.0, False)], box=tight.box)
-        out["box_negscribble"] = dice(seg.decode(emb, ps).mask, mask)
+        stroke = Scribble(bg, 3.0, False)
+        ps = propose_from_scribbles(seg, emb, [stroke], box=tight.box)
+        r = one_shot(seg, img, ps, zoom)
+        out["box_negscribble"] = dice(remove_stroke_pixels(r.mask, [stroke]), mask)
     else:
         out["box_negscribble"] = out["box"]
-    return out, float(res.uncertainty)
+    return out, float(unc.uncertainty)
+
+
+def remove_stroke_pixels(mask: np.ndarray, strokes) -> np.ndarray:
+    from prompting.scribbles import negative_evidence, remove_negative
+
+    return remove_negative(mask, negative_evidence(strokes, mask.shape))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--max-cases", type=int, default=40, help="cases per set, evenly spaced (0 = all)")
+    ap.add_argument("--max-cases", type=int, default=10, help="cases per set, evenly spaced (0 = all)")
     ap.add_argument("--sets", default="aal,brain,nuclei")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--offset", type=float, default=0.0, help="shift of the evenly spaced subset, fraction of its spacing")
+    ap.add_argument("--window", default="default", help="'default' (the product's per-modality window) or a window name")
+    ap.add_argument("--no-zoom", action="store_true", help="whole-slice decode only (the interactive path)")
+    ap.add_argument("--cache-dir", default=os.environ.get("CLINSEG_BENCH_CACHE", "/tmp/clinseg-emb-prompts"),
+                    help="on-disk embedding cache ('' = memory only)")
+    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
 
-    seg = build_segmenter("litemedsam")
+    seg = build_segmenter("litemedsam", cache=EmbeddingCache(disk_dir=args.cache_dir or None), num_threads=args.threads)
+    zoom = None if args.no_zoom else ZoomPolicy()
     rows: dict[str, list[dict[str, float]]] = {}
     unc, err = [], []
     t0 = time.perf_counter()
     for set_name in args.sets.split(","):
-        cases = subsample(SETS[set_name](), args.max_cases)
+        cases = subsample(SETS[set_name](), args.max_cases, args.offset)
         rng = np.random.default_rng(args.seed)
-        embs: dict[str, tuple] = {}
+        images: dict[str, np.ndarray] = {}
         rows[set_name] = []
         for c in cases:
-            if c.group not in embs:
-                img = apply_window(c.image, window_bounds(get_window("auto"), c.image))
-                embs[c.group] = (img, seg.embed(img))
-            img, emb = embs[c.group]
-            d, u = run_case(seg, emb, img, c.mask, rng)
+            if c.group not in images:
+                window = default_window(c.modality) if args.window == "default" else get_window(args.window)
+                images[c.group] = apply_window(c.image, window_bounds(window, c.image)).astype(np.float32)
+            img = images[c.group]
+            d, u = run_case(seg, seg.embed(img), img, c.mask, rng, zoom)
             rows[set_name].append(d)
             unc.append(u)
             err.append(1.0 - d["box"])
-        print(f"{set_name}: {len(cases)} cases, {len(embs)} images encoded, "
-              f"{time.perf_counter() - t0:.0f} s so far", flush=True)
+        print(f"{set_name}: {len(cases)} cases, {len(images)} images, {time.perf_counter() - t0:.0f} s so far", flush=True)
 
     all_rows = [r for rs in rows.values() for r in rs]
     print()
@@ -116,7 +149,9 @@ def main() -> None:
         line = f"{m:<16}" + "".join(f"{np.mean([r[m] for r in rs]):>10.3f}" for rs in rows.values())
         print(line + f"{means[m]:>10.3f}{means[m] / means['box']:>9.2f}")
     rho = float(spearmanr(unc, err).statistic) if len(unc) > 2 else float("nan")
-    print(f"\ncases: " + ", ".join(f"{s}={len(rs)}" for s, rs in rows.items()) + f" (max {args.max_cases} per set, seed {args.seed})")
+    print("\ncases: " + ", ".join(f"{s}={len(rs)}" for s, rs in rows.items())
+          + f" (max {args.max_cases} per set, offset {args.offset}, seed {args.seed}); window {args.window}; "
+          + ("whole-slice decode" if zoom is None else "one-shot path with zoom"))
     print(f"targets: click1 >= 0.90 x box: {means['click1'] >= 0.9 * means['box']}; click3 >= box: "
           f"{means['click3'] >= means['box']}; scribble >= box: {means['scribble'] >= means['box']}; spearman >= 0.4: {rho >= 0.4}")
     print(f"uncertainty (tight box, K={UncertaintyConfig().samples}) vs 1 - Dice: Spearman {rho:.3f} over {len(unc)} cases")

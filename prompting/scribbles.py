@@ -11,7 +11,7 @@ Background strokes become negative points, and boxes that would cover them are c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 
 from integrations.errors import InvalidPromptError
 
-from .clicks import ClickConfig, _clip_box, _dedupe, score_boxes
+from .clicks import ClickConfig, _clip_box, _dedupe, _mask_box, _with_margin, score_boxes
 from .promptset import Box, Point, PromptSet, PromptSource
 
 
@@ -192,19 +192,109 @@ def _cut_nearest_side(b: np.ndarray, bg: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ScribbleConfig:
-    margins: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8)
+    margins: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8)  # used with a box and background strokes
+    # Foreground-only proposals: the strokes' bounding box grown by px + rel x (strokes' extent), all
+    # combinations: a stroke along a thin structure needs a few pixels, along a round one a fraction.
+    grow_px: tuple[float, ...] = (0, 2, 4, 7, 11, 16, 23, 32, 45)
+    grow_rel: tuple[float, ...] = (0.0, 0.15, 0.3, 0.5)
+    refine_margin: float = 0.04  # every proposal is re-decoded once with its mask's box + this margin
+    # Score weights (chosen on two 26-case dev subsets, docs/prompting.md): a foreground stroke runs
+    # INSIDE the structure (all stroke pixels in the mask) and along its MIDDLE (stroke pixels close
+    # to the mask's medial axis and deep inside it), and the structure does not reach far beyond the
+    # stroke (a mask spilling into a neighbour extends well past the stroke's ends and sides).
+    w_inside: float = 3.0  # fraction of stroke pixels inside, plus the same again when all are
+    w_medial: float = 1.0  # - mean distance of stroke pixels to the medial axis / largest depth
+    w_depth: float = 1.0  # mean depth at stroke pixels / largest depth
+    w_extent: float = 0.5  # - 99th percentile distance of mask pixels from the stroke / largest depth
+    w_fit: float = 1.0  # box fit (mask box vs proposal box IoU)
+    # - fraction of the proposal box's border the mask runs along: a mask cut by its box (a disc
+    # under a box too flat for it, around a short stroke across its middle) fits the stroke's
+    # medial axis well but continues past the box
+    w_cut: float = 2.0
     points_per_stroke: int = 3
     negative_points_per_stroke: int = 2
     use_mask_prompt: bool = False  # LiteMedSAM was trained without mask prompts: off unless it helps
     click: ClickConfig = ClickConfig()
 
 
+def _medial_axis(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(skeleton of the mask eroded to 20 % of its depth, interior distance map): where a stroke drawn
+    "along the middle" of this mask would run."""
+    from skimage.morphology import skeletonize
+
+    dt = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    core = dt > max(1.0, 0.2 * float(dt.max()))
+    if not core.any():
+        core = dt >= dt.max()
+    sk = skeletonize(core)
+    return (sk if sk.any() else core), dt
+
+
+def stroke_fit(mask: np.ndarray, fg: np.ndarray, cfg: "ScribbleConfig") -> float:
+    """How plausible `mask` is as the structure the foreground strokes `fg` were drawn along."""
+    ys, xs = np.nonzero(fg)
+    if not mask.any() or len(xs) == 0:
+        return -1e9
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    pad = 2
+    y0, y1 = max(0, min(rows[0], ys.min()) - pad), min(mask.shape[0], max(rows[-1], ys.max()) + pad + 1)
+    x0, x1 = max(0, min(cols[0], xs.min()) - pad), min(mask.shape[1], max(cols[-1], xs.max()) + pad + 1)
+    m, f = mask[y0:y1, x0:x1], fg[y0:y1, x0:x1]
+    sy, sx = ys - y0, xs - x0
+    sk, dt = _medial_axis(m)
+    top = max(float(dt.max()), 1.0)
+    inside = float(m[sy, sx].mean())
+    medial = float(ndi.distance_transform_edt(~sk)[sy, sx].mean()) / top
+    depth = float(dt[sy, sx].mean()) / top
+    extent = float(np.percentile(ndi.distance_transform_edt(~f)[m], 99)) / top
+    return (cfg.w_inside * (inside + (inside >= 0.98)) - cfg.w_medial * min(medial, 3.0) + cfg.w_depth * depth
+            - cfg.w_extent * min(extent, 5.0))
+
+
+def _cut_by_box(mask: np.ndarray, box: np.ndarray) -> float:
+    """Fraction of the box's border pixels (inside the image) that the mask covers."""
+    h, w = mask.shape
+    x0, y0 = int(np.clip(round(float(box[0])), 0, w - 1)), int(np.clip(round(float(box[1])), 0, h - 1))
+    x1, y1 = int(np.clip(round(float(box[2])), 0, w - 1)), int(np.clip(round(float(box[3])), 0, h - 1))
+    # a side on the image's edge does not count: a structure may end at the edge
+    sides = [mask[y0, x0:x1 + 1] if y0 > 0 else None, mask[y1, x0:x1 + 1] if y1 < h - 1 else None,
+             mask[y0:y1 + 1, x0] if x0 > 0 else None, mask[y0:y1 + 1, x1] if x1 < w - 1 else None]
+    border = np.concatenate([b for b in sides if b is not None] or [np.zeros(0, bool)])
+    return float(border.mean()) if border.size else 0.0
+
+
+def _stroke_proposals(fg: np.ndarray, shape: tuple[int, int], cfg: "ScribbleConfig") -> list[np.ndarray]:
+    ys, xs = np.nonzero(fg)
+    ext = max(float(np.ptp(xs)), float(np.ptp(ys))) + 1
+    out = []
+    for px in cfg.grow_px:
+        for rel in cfg.grow_rel:
+            e = px + rel * ext
+            out.append(_clip_box(np.array([xs.min() - e, ys.min() - e, xs.max() + e, ys.max() + e], np.float32), shape))
+    return _dedupe(out)
+
+
+def _best_for_strokes(segmenter, embedding, fg: np.ndarray, shape: tuple[int, int], cfg: "ScribbleConfig"):
+    """Foreground strokes only: proposals + their fixed-point refinements, in two batches, scored by `stroke_fit`."""
+    pts = _agreement_points(fg, np.zeros_like(fg))
+    ccfg = replace(cfg.click, w_centrality=0.0, w_gap=0.0, w_neighbours=0.0, w_size=0.0)
+    first = score_boxes(segmenter, embedding, _stroke_proposals(fg, shape, cfg), pts, ccfg)
+    refined_boxes = _dedupe([_with_margin(_mask_box(s.mask), cfg.refine_margin, shape) for s in first if s.mask.any()])
+    every = first + (score_boxes(segmenter, embedding, refined_boxes, pts, ccfg) if refined_boxes else [])
+    for s in every:
+        s.score = stroke_fit(s.mask, fg, cfg) + cfg.w_fit * s.consistency - cfg.w_cut * _cut_by_box(s.mask, s.box)
+    return max(every, key=lambda s: s.score), len(every)
+
+
 def propose_from_scribbles(segmenter, embedding, scribbles: Sequence[Scribble], box: Box | None = None,
                            cfg: ScribbleConfig = ScribbleConfig()) -> PromptSet:
     """Foreground/background strokes (and optionally a user box) -> one PromptSet.
 
-    With foreground strokes and no box, box proposals around the strokes are decoded in one batch
-    and the one whose mask covers the foreground strokes and avoids the background strokes best wins.
+    With foreground strokes only, boxes around the strokes (grown by several pixel and relative
+    margins) and their fixed-point refinements (each mask's own box) are decoded in two batches and
+    the mask the strokes fit best wins (`stroke_fit`: strokes inside, along its medial axis, not far
+    from its every part). With background strokes too, boxes around the foreground strokes cut back
+    to leave the background strokes out are scored by agreement with both.
     With a box, background strokes cut the box where they cross it (variants scored the same way) and
     become negative points.
     """
@@ -234,11 +324,17 @@ def propose_from_scribbles(segmenter, embedding, scribbles: Sequence[Scribble], 
             else:
                 boxes.append(_cut_nearest_side(boxes[0], bg))
         boxes = _dedupe(boxes)
-    else:
+    elif bg.any():
         boxes = scribble_boxes(fg, bg, shape, cfg.margins)
+    else:
+        boxes = None
     mask_input = mask_prompt(segmenter, shape, fg, bg) if cfg.use_mask_prompt else None
-    scored = score_boxes(segmenter, embedding, boxes, check_pts, cfg.click, mask_input=mask_input)
-    best = max(scored, key=lambda s: s.score)
+    if boxes is None:
+        best, n_boxes = _best_for_strokes(segmenter, embedding, fg, shape, cfg)
+        scored = [best]
+    else:
+        scored = score_boxes(segmenter, embedding, boxes, check_pts, cfg.click, mask_input=mask_input)
+        best, n_boxes = max(scored, key=lambda s: s.score), len(boxes)
     if box is not None and best is not scored[0] and best.points_ok <= scored[0].points_ok:
         # negative evidence only acts where the user's own box contradicts it: a background stroke the
         # box's mask already avoids must not cut the box (measured: tight box 0.86 -> 0.59 on nuclei)
@@ -252,7 +348,7 @@ def propose_from_scribbles(segmenter, embedding, scribbles: Sequence[Scribble], 
                    mask_input=mask_input if mask_input is not None else best.logits)
     n_fg, n_bg = len(fg_s), len(bg_s)
     return ps.with_note(f"{n_fg} foreground / {n_bg} background scribble(s) -> box ({bb[0]:.0f}, {bb[1]:.0f}, {bb[2]:.0f}, {bb[3]:.0f})"
-                        f" chosen among {len(boxes)} (stroke pixels agreeing {best.points_ok:.0%}, decoder IoU {best.iou:.2f})")
+                        f" chosen among {n_boxes} (stroke pixels agreeing {best.points_ok:.0%}, decoder IoU {best.iou:.2f})")
 
 
 def negative_evidence(scribbles: Sequence[Scribble], image_shape: tuple[int, int]) -> np.ndarray:
