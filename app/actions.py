@@ -104,14 +104,15 @@ def store_segmentation(ws: Workstation, seg, prompt: PromptSet, label: str = "",
 
 
 def run_prompt(ws: Workstation, segmenter, prompt: PromptSet, label: str = "", new_object: bool = False,
-               strokes: tuple = (), inputs: tuple = (), fusion: tuple[str, ...] = ()) -> SliceResult:
+               strokes: tuple = (), inputs: tuple = (), fusion: tuple[str, ...] = (),
+               decode_as: PromptSet | None = None) -> SliceResult:
     """Decode `prompt` on the current slice (uncertainty when the map is on) and store the mask."""
     session = slice_session(ws)
     shape = session.image01.shape[:2]
     prompt.validate(shape)
     prompt = metadata_note(ws, prompt, shape)
     emb = segmenter.embed(session.image01)
-    seg = segmenter.decode(emb, prompt)
+    seg = segmenter.decode(emb, decode_as if decode_as is not None else prompt)
     negative = [s for s in strokes if not s.positive]
     if negative:  # background strokes are hard evidence: components they cross go
         from prompting.scribbles import negative_evidence, remove_negative
@@ -120,7 +121,11 @@ def run_prompt(ws: Workstation, segmenter, prompt: PromptSet, label: str = "", n
     if ws.show_uncertainty:
         from models.uncertainty import add_uncertainty
 
-        add_uncertainty(segmenter, emb, prompt, seg)
+        add_uncertainty(segmenter, emb, decode_as if decode_as is not None else prompt, seg)
+    if fusion:
+        from .combine import unhonoured_negatives
+
+        fusion = tuple(fusion) + tuple(unhonoured_negatives(prompt, seg.mask))
     return store_segmentation(ws, seg, prompt, label, strokes, new_object, inputs, fusion)
 
 
@@ -180,7 +185,8 @@ def run_fused(ws: Workstation, segmenter, inputs: tuple, previous: SliceResult |
     fused = fuse_inputs(segmenter, emb, session.image01, inputs,
                         previous.prompt if previous is not None else None,
                         previous.low_res_logits if previous is not None else None, strokes)
-    return run_prompt(ws, segmenter, fused.prompt, label=label, strokes=strokes, inputs=inputs, fusion=fused.notes)
+    return run_prompt(ws, segmenter, fused.prompt, label=label, strokes=strokes, inputs=inputs, fusion=fused.notes,
+                      decode_as=fused.decode)
 
 
 def apply_drawn(ws: Workstation, segmenter, drawn: DrawnPrompt) -> SliceResult:
