@@ -35,7 +35,7 @@ SAME_BOX_IOU = 0.5
 # click at the deepest point of the largest false-positive part): box alone Dice 0.705; box + the
 # negative click + previous mask 0.673 (the clicked pixel stayed in the mask in 85 %); without the
 # previous mask 0.569; box cut at the click 0.698; a watershed cut at the click 0.666.
-BOX_TRAINED_BACKENDS = frozenset({"litemedsam"})
+# (Which backends are box-trained: prompting.clicks.is_box_trained.)
 
 
 def input_kind(p: PromptSet) -> str:
@@ -91,7 +91,9 @@ class FusedPrompt:
 
 
 def box_trained(segmenter) -> bool:
-    return getattr(segmenter, "name", "") in BOX_TRAINED_BACKENDS
+    from prompting.clicks import is_box_trained
+
+    return is_box_trained(segmenter)
 
 
 def unhonoured_negatives(prompt: PromptSet, mask: np.ndarray) -> list[str]:
