@@ -16,9 +16,9 @@ tight bounding box. Two paths are measured for both:
   the proposal's mask);
 - interactive (whole-slice decode only, what the live session shows).
 `latency_ms`: median time from the fixations being available to the interactive mask (fixation
-detection + clustering + candidate batch + fixed point; cached embedding). `live_hz`: a
-LiveGazeSession fed 50 ms chunks of a 3 s reading; mask updates per second of compute, with the
-load average printed (2 shared cores: noisy).
+detection + clustering + candidate batch + fixed point; cached embedding). `live_hz`: LiveGazeSessions
+(live config) fed 50 ms chunks of a 3 s reading on 3 AAL cases; mask updates per second of compute
+(all chunks' time counted), with the load average printed (2 shared cores: noisy).
 """
 from __future__ import annotations
 
@@ -73,8 +73,9 @@ def gaze_case(segmenter, emb, image01, case, geometry, sigma, seed, fcfg, pcfg, 
     return dice(one.mask, case.mask), inter, ms
 
 
-def live_rate(segmenter, case, geometry, seconds_of_gaze: int = 3) -> tuple[float, float, int]:
-    """(updates per second of compute, decodes per update, updates) for a LiveGazeSession fed 50 ms chunks."""
+def live_rate(segmenter, case, geometry, seconds_of_gaze: int = 3) -> tuple[float, float, int, float]:
+    """(updates per second of compute, decodes per update, updates, Dice of the last live mask) for a
+    LiveGazeSession (LIVE_PROMPT_CONFIG) fed 50 ms chunks."""
     image01 = case_image01(case, None)
     session = LiveGazeSession(segmenter, image01, geometry)
     rng = np.random.default_rng(7)
@@ -91,7 +92,8 @@ def live_rate(segmenter, case, geometry, seconds_of_gaze: int = 3) -> tuple[floa
         busy += time.perf_counter() - t0
         n_up += up is not None
     rate = n_up / busy if busy > 0 else float("nan")
-    return rate, session.decodes / max(n_up, 1), n_up
+    final = dice(session.last.segmentation.mask, case.mask) if session.last is not None else 0.0
+    return rate, session.decodes / max(n_up, 1), n_up, final
 
 
 def main() -> None:
@@ -146,12 +148,16 @@ def main() -> None:
     print(f"interactive ratios (whole-slice decode for both): 0.5 deg {a['gaze05_w'] / a['box_w']:.3f}, "
           f"1.0 deg {a['gaze10_w'] / a['box_w']:.3f}")
     latency = float(np.median(lat))
-    case = sets["aal"][0]
-    rate, per_update, n_up = live_rate(seg, case, app_geometry(case.mask.shape, args.user_zoom))
+    live = [live_rate(seg, c, app_geometry(c.mask.shape, args.user_zoom)) for c in sets["aal"][:3]]
+    busy_s = sum(n / r for r, _, n, _ in live if r > 0)
+    rate = sum(n for _, _, n, _ in live) / busy_s if busy_s > 0 else float("nan")
+    per_update = float(np.mean([d for _, d, _, _ in live]))
+    n_up = sum(n for _, _, n, _ in live)
     print(f"latency fixations -> interactive mask: median {latency:.0f} ms (p90 {np.percentile(lat, 90):.0f} ms)")
     print(f"runtime: {getattr(seg, 'runtime_report', None)}")
-    print(f"live: {n_up} updates over 3 s of gaze, {per_update:.1f} decoder calls per update, {rate:.1f} updates per "
-          f"second of compute (torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f})")
+    print(f"live (3 AAL cases x 3 s of gaze): {n_up} updates, {per_update:.1f} decoder calls per update, {rate:.1f} "
+          f"updates per second of compute (torch threads {torch.get_num_threads()}, load average "
+          f"{os.getloadavg()[0]:.2f}); last live mask Dice {np.mean([d for *_, d in live]):.3f}")
     print(f"elapsed {time.time() - t_start:.0f} s")
     print(f"RESULT box={a['box']:.4f} gaze05={a['gaze05']:.4f} gaze10={a['gaze10']:.4f} "
           f"latency_ms={latency:.1f} live_hz={rate:.2f}")

@@ -6,11 +6,13 @@ threshold is in degrees of visual angle and converted through `ViewingGeometry` 
 screen pixel pitch, display zoom): the same 1 deg covers 4x more image pixels at zoom 1 than at 4.
 
 LiteMedSAM was trained on boxes only (DESIGN.md), so fixations are turned into a BOX: the dominant
-cluster (largest total dwell) loses its outliers (a glance at a neighbour), its spread, corrected for
-the expected gaze error, sizes a set of candidate boxes that are decoded in one batch against the
-cached embedding, and the candidate masks vote. Fixation points ride along in the PromptSet as
-positive GAZE points (and rejected dwells as negative ones) for segmenters that use points; whether
-they reach the decoder is a config choice (off: LiteMedSAM is box-trained).
+cluster (largest total dwell) loses its stray glance (`robust_core`), boxes around its fixations at
+several margins are decoded in one batch against the cached embedding, the candidates whose masks
+hold every fixation vote, and the vote's own bounding box is decoded once more (fixed point: the box
+a user would have drawn around that mask). Fixation points ride along in the PromptSet as positive
+GAZE points (and rejected dwells as negative ones) for segmenters that use points; whether they
+reach the decoder is a config choice (off: LiteMedSAM is box-trained). `LiveGazeSession` spends
+decoder calls only when new fixations can change the answer (see its `update`).
 The segmenter is passed in (no import of models/ here).
 """
 from __future__ import annotations
@@ -361,6 +363,7 @@ class GazePromptConfig:
     cluster_radius_deg: float = 10.0  # centroid linkage; large: one big structure gets many far-apart looks
     outlier_factor: float = 2.5  # in the dominant cluster, drop a fixation > factor x the others' median distance...
     outlier_min_deg: float = 0.75  # ...from their dwell-weighted median, and farther than this (a stray glance)
+    max_outliers: int = 1  # at most this many (and at most a third) are dropped: one stray glance
     # Candidate boxes: the fixations' bounding box grown by pad = f x max(spread, min_pad_deg) per
     # side, for every f; all decoded in ONE batch against the cached embedding, then scored.
     pads: tuple[float, ...] = (0.5, 1.0, 1.6, 2.4, 3.5, 5.0)
@@ -372,15 +375,17 @@ class GazePromptConfig:
     # the vote + fixed point was better on all three dev sets (docs/gaze.md).
     vote: float = 0.5
     fixed_point: int = 1  # re-decode with the chosen mask's own bounding box (a tight box) this many times
+    fixed_point_below: float = 1.01  # ...only when the voters agree less than this (mean IoU with the vote)
     reuse_deg: float = 0.25  # live: keep the last box when the cluster moved less than this and stays inside
     points_to_decoder: bool = False  # LiteMedSAM is box-trained; points only travel in the PromptSet
     min_dwell_s: float = 0.1
     reject_radius_deg: float = 1.5  # fixations this close to a rejected dwell are ignored
 
 
-# Live mode: fewer candidate boxes per update (each decoder call costs ~60-100 ms on 2 cores), and
-# the previous box is reused while the cluster stays put (LiveGazeSession).
-LIVE_PROMPT_CONFIG = GazePromptConfig(pads=(0.8, 1.8, 3.5))
+# Live mode: fewer candidate boxes per update (each decoder call costs ~60-100 ms on 2 cores), the
+# fixed point only when the three candidates disagree, and the current mask is kept while it holds
+# every fixation and the cluster moved less than 1 deg (LiveGazeSession).
+LIVE_PROMPT_CONFIG = GazePromptConfig(pads=(0.8, 1.8, 3.5), fixed_point_below=0.9, reuse_deg=1.0)
 
 
 @dataclass
@@ -416,7 +421,7 @@ def robust_core(cluster: FixationCluster, geometry: ViewingGeometry,
     """The cluster without a stray glance: each fixation is compared with the dwell-weighted median of
     the OTHERS (so the stray cannot pull the reference towards itself) and dropped when it lies more
     than outlier_factor x their median distance and more than outlier_min_deg away. At most a third
-    of the fixations go (the dominant cluster is what the reader looked at most)."""
+    of the fixations (and max_outliers) go: the dominant cluster is what the reader looked at most."""
     fx = list(cluster.fixations)
     if len(fx) == 2:
         # Two places: in a small structure the looks merge into one long fixation, and the other is
@@ -439,7 +444,7 @@ def robust_core(cluster: FixationCluster, geometry: ViewingGeometry,
         scale = float(np.hypot(*(P[others][0] - P[others][1]))) if len(fx) == 3 else float(np.median(d_others))
         limit = max(config.outlier_factor * scale, floor)
         excess[i] = d / max(limit, 1e-9)
-    drop = [i for i in np.argsort(-excess)[: len(fx) // 3] if excess[i] > 1.0]
+    drop = [i for i in np.argsort(-excess)[: min(len(fx) // 3, config.max_outliers)] if excess[i] > 1.0]
     if not drop:
         return cluster
     return _make_cluster([f for i, f in enumerate(fx) if i not in drop])
@@ -552,7 +557,7 @@ def propose_box(segmenter, embedding, shape: tuple[int, int], cluster: FixationC
     k = int(np.argmax(np.where(ok, ious, -1.0)))
     best, box, decodes = segs[k], boxes[k], len(boxes)
     current = vote if vote.any() else best.mask
-    for _ in range(max(0, config.fixed_point)):
+    for _ in range(max(0, config.fixed_point) if agreement < config.fixed_point_below else 0):
         fb = _mask_box(current, best.predicted_iou)
         if fb is None or fb == replace(box, confidence=fb.confidence):
             break
@@ -717,10 +722,9 @@ class LiveGazeSession:
             moved = math.hypot(core.x - prev.cluster.x, core.y - prev.cluster.y)
             if cover >= 1.0 - 1e-9 and moved <= self.geometry.deg_to_px(cfg.reuse_deg):
                 return None  # the current mask already answers these fixations
-            if cover >= 0.5 and len(core.fixations) == len(prev.cluster.fixations):
-                # the same looks, moved: the current box taken out to them (one decode + the fixed
-                # point); a new fixation on the structure brings the full candidate vote back, so
-                # an early box made from one or two looks can still grow
+            if cover >= 0.5:
+                # more looks at the same structure: the current box taken out to take them in (one
+                # decode + the fixed point), so a box made from the first looks grows as they spread
                 boxes = [_extend_box(prev.prompt.box, core, self.shape, self.geometry, cfg)]
         prop = propose_box(self.segmenter, self.embedding, self.shape, cluster, self._rejected, cfg, self.geometry,
                            boxes=boxes)
