@@ -27,6 +27,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MAX_PENDING_FRAMES = 16  # frames handed in but not yet processed (a stalled page must not pile them up)
+CLOCK_RESET_S = 2.0  # a sample this much older than the newest one seen means the device clock restarted
+
+
+def in_time_order(samples, newest: float | None) -> tuple[list, float | None, bool]:
+    """The samples that continue the stream after `newest`, the new newest time, and whether the clock restarted.
+
+    Fixation detection needs time order. A live stream can break it: packets that arrive late by a
+    few ms (dropped: their moment is covered by the samples around them), or a device whose clock
+    restarted after a reconnect (everything after the jump starts a new stream)."""
+    kept, restarted = [], False
+    for s in samples:
+        if newest is not None and s.t < newest:
+            if newest - s.t < CLOCK_RESET_S:
+                continue
+            kept, restarted = [], True
+        kept.append(s)
+        newest = s.t
+    return kept, newest, restarted
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,7 @@ class LiveGazeLink:
     mapping: object = None  # integrations.screen_mapping.SceneGazeMapping of the current view
     counts: LiveCounts = field(default_factory=LiveCounts)
     last_step: tuple | None = None  # (undo depth, object, slice, objects id) after the last live mask
+    newest_t: float | None = None  # time of the newest gaze sample fed to the session
     _pending: deque = field(default_factory=lambda: deque(maxlen=MAX_PENDING_FRAMES))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -69,6 +88,7 @@ class LiveGazeLink:
         from prompting.gaze import LiveGazeSession
 
         self.session = LiveGazeSession(self.segmenter, image01, geometry)
+        self.newest_t = None
         self.mapping = SceneGazeMapping(GazeMapper(view.layout, view.viewer))
         self.view = view
         self.worker.drain_gaze()  # gaze that looked at the previous view
@@ -106,7 +126,10 @@ class LiveGazeLink:
             # ours from the samples too (that would count every dwell twice)
             update = self.session.add_fixations(batch.fixations) if batch.fixations else None
         else:
-            update = self.session.add_samples(batch.samples) if batch.samples else None
+            samples, self.newest_t, restarted = in_time_order(batch.samples, self.newest_t)
+            if restarted:
+                self.session.reset()
+            update = self.session.add_samples(samples) if samples else None
         if update is not None:
             c.updates += 1
         return update
