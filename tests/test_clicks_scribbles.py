@@ -181,3 +181,52 @@ def test_remove_negative_drops_crossed_components():
     neg[40, 30:48] = True
     out = remove_negative(m, neg)
     assert out[10, 10] and not out[40, 40]
+
+
+# -- decoder prompt, accepted corrections, stroke fit (issue 3 accuracy work) ---------------------
+
+def test_decoder_prompt_is_the_box_alone_for_litemedsam(segmenter, disc):
+    from prompting.clicks import decoder_prompt, is_box_trained
+
+    img, mask, emb = disc
+    ps = propose_from_points(segmenter, emb, img, [Point(118.0, 103.0)])
+    assert is_box_trained(segmenter)
+    dp = decoder_prompt(segmenter, ps)
+    assert dp.box == ps.box and dp.points == () and dp.mask_input is None
+    assert ps.points  # the evidence stays in the PromptSet itself
+    assert decoder_prompt(segmenter, PromptSet(points=(Point(1.0, 1.0),))).points  # no box: nothing to drop
+
+
+def test_a_correction_that_would_not_agree_better_keeps_the_box(segmenter, disc):
+    """A negative click far outside the object: no box variant agrees better than the result already
+    does (it excludes that point), so the box stays and the click is recorded."""
+    img, mask, emb = disc
+    start = propose_from_points(segmenter, emb, img, [Point(118.0, 103.0)])
+    first = segmenter.decode(emb, start)
+    nxt = correct_with_click(segmenter, emb, start, first.low_res_logits, Point(10.0, 10.0, positive=False),
+                             previous_mask=first.mask)
+    assert nxt.box == start.box and len(nxt.points) == 2 and "box kept" in nxt.notes[-1]
+
+
+def test_negative_correction_cuts_a_box_that_holds_a_neighbour(segmenter, two):
+    img, a, b, emb = two
+    start = PromptSet(points=(Point(70.0, 80.0),), box=Box(30, 40, 185, 120, PromptSource.CLICK))
+    first = segmenter.decode(emb, start)
+    assert first.mask[80, 150], "premise: the sloppy box's mask covers the right disc"
+    nxt = correct_with_click(segmenter, emb, start, first.low_res_logits, Point(150.0, 80.0, positive=False),
+                             previous_mask=first.mask)
+    m = segmenter.decode(emb, nxt).mask
+    assert not m[80, 150] and dice(m, a) > dice(first.mask, a)
+
+
+def test_stroke_fit_prefers_the_structure_the_stroke_runs_along():
+    from prompting.scribbles import ScribbleConfig, stroke_fit
+
+    yy, xx = np.mgrid[:120, :160]
+    bar = (np.abs(yy - 60) <= 8) & (xx >= 30) & (xx <= 130)  # an elongated structure
+    stroke = rasterize([Scribble.of([[40, 60], [120, 60]], width=3)], bar.shape)
+    bigger = (yy >= 52) & (yy <= 115) & (xx >= 20) & (xx <= 140)  # a larger region it lies along the edge of
+    part = (np.abs(yy - 60) <= 8) & (xx >= 30) & (xx <= 80)  # half of it: misses half the stroke
+    cfg = ScribbleConfig()
+    assert stroke_fit(bar, stroke, cfg) > stroke_fit(bigger, stroke, cfg)
+    assert stroke_fit(bar, stroke, cfg) > stroke_fit(part, stroke, cfg)
