@@ -9,8 +9,14 @@ box-prompted SAM always segments *something* inside a box:
 - stability (uncertainty): the mask changes a lot when the logit threshold moves by +-1;
 - consistency: the mask barely overlaps the previous slice's mask (it jumped to something else),
   or it suddenly grows (it leaked into a neighbour);
-- intensity: the mean intensity inside the mask jumps (it is now a different tissue).
-The slice that triggers a stop is not part of the result. A prompt given on any slice re-anchors the
+- intensity: the mean intensity inside the mask jumps from the previous slice's, or has drifted away
+  from the prompted slice's (it is now a different tissue: the rule that stops the slow slide of an
+  atlas region into its neighbour, e.g. amygdala -> hippocampus/cortex, on Colin27).
+The slice that triggers a stop is not part of the result.
+The next box is the previous mask's box + a small margin ("mask" rule, the default). Measured worse
+on Colin27 and kept as options (bench/volume.py, docs/volume.md): a box re-inflated by the gap the
+model left inside the anchor's box ("calibrated", damped), the previous logits as a mask prompt
+(LiteMedSAM was trained on boxes only), and zoomed crops for small structures (`zoom`). A prompt given on any slice re-anchors the
 propagation there. Any view (axial, coronal, sagittal) works: the volume is resliced exactly
 (models/volume_views.py) and the 3-D mask goes back to the source grid with its geometry.
 
@@ -32,6 +38,7 @@ from prompting.promptset import Box, PromptSet, PromptSource
 
 from .segmentation import ImageEmbedding, Segmentation
 from .volume_views import VolumeView, reslice
+from .zoom import ZoomPolicy, _shift, crop_window
 
 
 # progress(done, total, message): done/total count slices decoded against an upper bound.
@@ -52,6 +59,24 @@ class PropagationConfig:
     max_growth: float = 2.0  # area ratio to the previous slice
     max_intensity_shift: float = 0.25  # |mean inside mask - previous slice's|, in window units [0, 1]
     max_slices: int | None = None  # per direction; None = to the volume's edge
+    # ... and the median against the ANCHOR's: a slow drift into a neighbouring tissue passes the
+    # slice-to-slice test one small step at a time. None = off.
+    max_anchor_intensity_shift: float | None = 0.08
+    # A box-prompted LiteMedSAM draws its mask some way inside the box; a box built from that mask is
+    # smaller again, and so on: the mask shrinks slice after slice. The anchor shows how far inside
+    # the box the model draws for THIS structure; "calibrated" adds that gap back to each side.
+    box_rule: str = "mask"  # "calibrated" or "mask" (previous mask's box + margins only)
+    max_calibration: float = 0.5  # cap on the per-side gap, as a fraction of the mask box's size
+    mask_prompt: bool = False  # also pass the previous slice's low-res logits as SAM's mask input
+    # Anatomy changes little between neighbouring slices: the box's width/height may change by at most
+    # this fraction (+1 px) of the previous box's per slice, its centre move by at most max_box_shift
+    # of its size. This damps the grow-shrink feedback between box and mask. None = undamped.
+    max_box_change: float | None = 0.1
+    max_box_shift: float = 0.15
+    # Small structures: decode on a re-encoded crop around the box (models/zoom.py); the crop window
+    # is kept from slice to slice while the box stays well inside it, so neighbouring slices share a
+    # frame (and the previous logits stay meaningful as a mask prompt). None = whole slices only.
+    zoom: ZoomPolicy | None = None
 
     def describe(self) -> dict:
         return dict(self.__dict__)
@@ -65,6 +90,7 @@ class SliceRecord:
     stability: float
     consistency: float  # Dice with the previous slice's mask (1.0 on anchors)
     intensity: float  # mean windowed intensity inside the mask
+    median_intensity: float  # its median: robust to the 1-px rim of background a small mask carries
     anchor: bool  # a user/localiser prompt, not a propagated box
     box: tuple[float, float, float, float]
 
@@ -153,6 +179,69 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
 
 
+class StickyZoom:
+    """Zoomed decoding whose crop window is reused while the box stays inside its central part.
+
+    One instance per sweep. Used by propagation and by bench/volume.py's per-slice baseline, so both
+    go through the same decode path."""
+
+    def __init__(self, policy: ZoomPolicy, keep_margin: float = 0.15):
+        self.policy = policy
+        self.keep_margin = keep_margin  # the box must stay this fraction of the window's side away from its edges
+        self.window: tuple[int, int, int, int] | None = None
+
+    def window_for(self, box: Box, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+        w = self.window
+        if w is not None:
+            side = max(w[2] - w[0], w[3] - w[1])
+            m = self.keep_margin * side
+            fits = (box.x0 >= w[0] + m or w[0] == 0) and (box.y0 >= w[1] + m or w[1] == 0) and \
+                   (box.x1 <= w[2] - 1 - m or w[2] == shape[1]) and (box.y1 <= w[3] - 1 - m or w[3] == shape[0])
+            big_enough = max(box.width, box.height) + 1 <= side / (self.policy.context * 0.6)
+            small_enough = max(box.width, box.height) + 1 >= side / (self.policy.context * 1.6)
+            if fits and big_enough and small_enough:
+                return w
+        self.window = crop_window(box, shape, self.policy)
+        return self.window
+
+    def decode(self, segmenter, image01: np.ndarray, prompt: PromptSet) -> tuple[Segmentation, ImageEmbedding]:
+        """Decode `prompt` (with a box) on the crop; the mask comes back on the slice grid."""
+        shape = image01.shape[:2]
+        prompt = prompt.clipped(shape)
+        previous = self.window
+        x0, y0, x1, y1 = self.window_for(prompt.box, shape)
+        crop = np.asarray(image01[y0:y1, x0:x1], dtype=np.float32)
+        if self.policy.renormalise:
+            # as models/zoom.py: stretch only a crop with real contrast (stretched flat air invents structures)
+            lo, hi = float(crop.min()), float(crop.max())
+            if hi > lo and hi - lo >= self.policy.min_contrast * float(image01.max() - image01.min()):
+                crop = (crop - lo) / (hi - lo)
+        emb = segmenter.embed(crop)
+        shifted = _shift(prompt, x0, y0, crop.shape[:2])
+        if prompt.mask_input is not None and previous == self.window:
+            shifted = shifted.with_mask_input(prompt.mask_input)  # same frame as the previous slice's logits
+        seg = segmenter.decode(emb, shifted)
+        full = np.zeros(shape, bool)
+        full[y0:y1, x0:x1] = seg.mask
+        seg.mask = full
+        seg.zoom = (x0, y0, x1, y1)
+        return seg, emb
+
+
+def _damped(box: tuple[float, float, float, float], prev: tuple[float, float, float, float], change: float,
+            shift: float) -> tuple[float, float, float, float]:
+    """`box` with its size kept within (1 +- change) x prev's (+-1 px) and its centre within shift x prev's size."""
+    out = []
+    for lo, hi, plo, phi in ((box[0], box[2], prev[0], prev[2]), (box[1], box[3], prev[1], prev[3])):
+        psize = phi - plo + 1.0
+        size = float(np.clip(hi - lo + 1.0, psize * (1 - change) - 1.0, psize * (1 + change) + 1.0))
+        pc = (plo + phi) / 2.0
+        centre = float(np.clip((lo + hi) / 2.0, pc - shift * psize - 1.0, pc + shift * psize + 1.0))
+        out.append((centre - (size - 1.0) / 2.0, centre + (size - 1.0) / 2.0))
+    (x0, x1), (y0, y1) = out
+    return x0, y0, x1, y1
+
+
 class _Propagator:
     def __init__(self, segmenter, view: VolumeView, bounds: tuple[float, float], seeds: Mapping[int, PromptSet],
                  config: PropagationConfig, progress: ProgressCallback | None, label: str,
@@ -167,17 +256,30 @@ class _Propagator:
         self.embed = embed
         self.n = view.volume.num_slices
         self.masks: dict[int, np.ndarray] = {}
+        self.logits: dict[int, np.ndarray] = {}
         self.records: dict[int, SliceRecord] = {}
         self.stops: list[StopEvent] = []
         self.done = 0
+        # per anchor slice: (left, top, right, bottom) gap between the prompt box and its mask's box,
+        # as fractions of the mask box's width/height (the model's own under-segmentation here)
+        self.calibration: dict[int, tuple[float, float, float, float]] = {}
+        self.zoomer = StickyZoom(config.zoom or ZoomPolicy())
+        self.anchor_window: dict[int, tuple[int, int, int, int] | None] = {}
 
     def image(self, z: int) -> np.ndarray:
         return apply_window(self.view.volume.voxels[z], self.bounds)
 
     def segment(self, z: int, prompt: PromptSet) -> tuple[Segmentation, np.ndarray]:
         img = self.image(z)
-        emb = self.embed(z) if self.embed is not None else self.segmenter.embed(img)
-        seg = self.segmenter.decode(emb, prompt)
+        zoom = self.config.zoom
+        if zoom is not None and prompt.box is not None and zoom.applies(prompt.clipped(img.shape[:2]).box, img.shape[:2]):
+            seg, _ = self.zoomer.decode(self.segmenter, img, prompt)
+        else:
+            if self.zoomer.window is not None and prompt.mask_input is not None:
+                prompt = prompt.with_mask_input(None)  # the previous logits are in a crop's frame
+            self.zoomer.window = None  # the next zoomed slice picks a fresh window
+            emb = self.embed(z) if self.embed is not None else self.segmenter.embed(img)
+            seg = self.segmenter.decode(emb, prompt)
         seg.slice_index = z
         self.done += 1
         if self.progress is not None:
@@ -192,7 +294,8 @@ class _Propagator:
             index=z, area_px=seg.area_px, predicted_iou=float(seg.predicted_iou),
             stability=stability_score(seg.low_res_logits),
             consistency=1.0 if prev_mask is None else _dice(seg.mask, prev_mask),
-            intensity=float(inside.mean()) if inside.size else 0.0, anchor=anchor,
+            intensity=float(inside.mean()) if inside.size else 0.0,
+            median_intensity=float(np.median(inside)) if inside.size else 0.0, anchor=anchor,
             box=(float(box.x0), float(box.y0), float(box.x1), float(box.y1)),
         )
         return rec
@@ -213,6 +316,10 @@ class _Propagator:
         shift = abs(rec.intensity - prev.intensity)
         if shift > c.max_intensity_shift:
             return f"different tissue: mean intensity moved by {shift:.2f} (> {c.max_intensity_shift})"
+        drift = abs(rec.median_intensity - anchor.median_intensity)
+        if c.max_anchor_intensity_shift is not None and drift > c.max_anchor_intensity_shift:
+            return (f"different tissue: median intensity {rec.median_intensity:.2f} vs {anchor.median_intensity:.2f} on the "
+                    f"prompted slice (> {c.max_anchor_intensity_shift})")
         return None
 
     def anchor(self, z: int) -> SliceRecord | None:
@@ -220,17 +327,45 @@ class _Propagator:
         if not prompt.label and self.label:
             prompt = PromptSet(points=prompt.points, box=prompt.box, mask_input=prompt.mask_input, label=self.label,
                                notes=prompt.notes)
+        self.zoomer.window = None
         seg, img = self.segment(z, prompt)
+        self.anchor_window[z] = self.zoomer.window
         box = prompt.box or Box(0, 0, img.shape[1] - 1, img.shape[0] - 1)
         rec = self.record(z, seg, img, None, True, box)
         self.masks[z] = seg.mask
+        self.logits[z] = seg.low_res_logits
         self.records[z] = rec
         if seg.is_empty:
             self.stops.append(StopEvent(0, z, "the prompt on this slice gave an empty mask"))
             return None
+        x0, y0, x1, y1 = _mask_box(seg.mask)
+        w, h = x1 - x0 + 1.0, y1 - y0 + 1.0
+        cap = self.config.max_calibration
+        gaps = ((x0 - box.x0) / w, (y0 - box.y0) / h, (box.x1 - x1) / w, (box.y1 - y1) / h)
+        self.calibration[z] = tuple(float(min(max(g, 0.0), cap)) for g in gaps)
         return rec
 
+    def next_box(self, prev: SliceRecord, anchor_z: int) -> Box:
+        c = self.config
+        mask_box = _mask_box(self.masks[prev.index])
+        shape = self.view.volume.shape[1:]
+        if c.box_rule == "mask":
+            return enlarge_box(mask_box, shape, c.box_margin, c.box_margin_px)
+        if c.box_rule != "calibrated":
+            raise ValueError(f"unknown box_rule {c.box_rule!r}; use 'calibrated' or 'mask'")
+        x0, y0, x1, y1 = mask_box
+        w, h = x1 - x0 + 1.0, y1 - y0 + 1.0
+        gl, gt, gr, gb = (max(g, c.box_margin) for g in self.calibration[anchor_z])
+        m = c.box_margin_px
+        cand = (x0 - gl * w - m, y0 - gt * h - m, x1 + gr * w + m, y1 + gb * h + m)
+        if c.max_box_change is not None:
+            cand = _damped(cand, prev.box, c.max_box_change, c.max_box_shift)
+        hh, ww = shape
+        return Box(max(0.0, cand[0]), max(0.0, cand[1]), min(ww - 1.0, cand[2]), min(hh - 1.0, cand[3]),
+                   source=PromptSource.REFINEMENT)
+
     def sweep(self, z0: int, direction: int, anchor: SliceRecord) -> None:
+        self.zoomer.window = self.anchor_window.get(z0)  # both directions start from the anchor's frame
         prev = anchor
         z = z0 + direction
         steps = 0
@@ -249,15 +384,18 @@ class _Propagator:
                 z += direction
                 steps += 1
                 continue
-            box = enlarge_box(_mask_box(self.masks[prev.index]), self.view.volume.shape[1:], self.config.box_margin,
-                              self.config.box_margin_px)
-            seg, img = self.segment(z, PromptSet(box=box, label=self.label))
+            box = self.next_box(prev, anchor.index)
+            prompt = PromptSet(box=box, label=self.label)
+            if self.config.mask_prompt:
+                prompt = prompt.with_mask_input(self.logits[prev.index])
+            seg, img = self.segment(z, prompt)
             rec = self.record(z, seg, img, self.masks[prev.index], False, box)
             reason = self.stop_reason(rec, prev, anchor)
             if reason is not None:
                 self.stops.append(StopEvent(direction, z, reason))
                 return
             self.masks[z] = seg.mask
+            self.logits[z] = seg.low_res_logits
             self.records[z] = rec
             prev = rec
             z += direction

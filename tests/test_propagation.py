@@ -156,3 +156,35 @@ def test_cli_segment_3d_refuses_bad_requests_with_exit_2(ellipsoid_volume, tmp_p
     assert "3-D mask" in capsys.readouterr().err
     assert main(["train-adapter", str(tmp_path / "nowhere")]) == 2
     assert "not a folder" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
+
+
+def test_damped_box_changes_slowly_between_slices():
+    from models.propagation import _damped
+
+    prev = (10.0, 20.0, 49.0, 59.0)  # 40 x 40
+    grown = _damped((0.0, 0.0, 99.0, 99.0), prev, change=0.1, shift=0.15)
+    assert grown[2] - grown[0] + 1 == pytest.approx(45.0)  # 40 * 1.1 + 1
+    assert grown[3] - grown[1] + 1 == pytest.approx(45.0)
+    assert (grown[0] + grown[2]) / 2 == pytest.approx(29.5 + 0.15 * 40 + 1)  # centre moved by at most 15 % + 1 px
+    same = _damped(prev, prev, change=0.1, shift=0.15)
+    assert same == pytest.approx(prev)
+
+
+def test_sticky_zoom_keeps_its_window_while_the_box_stays_inside():
+    from models.propagation import StickyZoom
+    from models.zoom import ZoomPolicy
+    from prompting.promptset import Box
+
+    z = StickyZoom(ZoomPolicy())
+    w0 = z.window_for(Box(90, 90, 110, 110), (217, 181))
+    assert z.window_for(Box(91, 89, 111, 109), (217, 181)) == w0  # a neighbouring slice's box: same frame
+    moved = z.window_for(Box(20, 150, 40, 170), (217, 181))  # far away: a new window around the new box
+    assert moved != w0 and moved[0] <= 20 and moved[2] > 40 and moved[1] <= 150 and moved[3] > 170
+    grown = z.window_for(Box(10, 140, 70, 200), (217, 181))  # much larger than the window was made for
+    assert grown != moved
+
+
+def test_unknown_box_rule_is_refused(segmenter, ellipsoid_volume):
+    vol, truth = ellipsoid_volume
+    with pytest.raises(ValueError, match="box_rule"):
+        propagate(segmenter, vol, {CZ: PromptSet.from_box(*_box(truth[CZ]))}, config=PropagationConfig(box_rule="nope"))
