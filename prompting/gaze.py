@@ -696,9 +696,10 @@ class LiveGazeSession:
 
         Cost control (each decoder call is ~60-100 ms on 2 cores): an unchanged fixation set is not
         re-decoded; a cluster that moved less than reuse_deg with every fixation still inside the
-        current mask keeps it (no decode); new fixations on the same structure (half the dwell or
-        more inside the current mask) extend the current box to take them in (one decode + the fixed
-        point); only a new place (or a rejection) scores the full candidate set again."""
+        current mask keeps it (no decode); the same fixations moved with half the dwell or more
+        inside the current mask extend the current box to take them in (one decode); a new look
+        outside the mask, a new place or a rejection runs the live candidate vote (3 decodes, + the
+        fixed point when the candidates disagree)."""
         t0 = time.perf_counter()
         cfg = self.prompt_config
         fx = fixations_on_image(self.fixations(), self.shape)
@@ -722,9 +723,11 @@ class LiveGazeSession:
             moved = math.hypot(core.x - prev.cluster.x, core.y - prev.cluster.y)
             if cover >= 1.0 - 1e-9 and moved <= self.geometry.deg_to_px(cfg.reuse_deg):
                 return None  # the current mask already answers these fixations
-            if cover >= 0.5:
-                # more looks at the same structure: the current box taken out to take them in (one
-                # decode + the fixed point), so a box made from the first looks grows as they spread
+            if cover >= 0.5 and len(core.fixations) == len(prev.cluster.fixations):
+                # the same looks, moved (a fixation still growing): the current box taken out to them,
+                # one decode. A new look outside the mask brings the full candidate vote back, so a
+                # box made from the first looks can still grow to the structure (a box extended by
+                # the new fixation alone stays inside a uniform structure: tests/test_gaze_live.py)
                 boxes = [_extend_box(prev.prompt.box, core, self.shape, self.geometry, cfg)]
         prop = propose_box(self.segmenter, self.embedding, self.shape, cluster, self._rejected, cfg, self.geometry,
                            boxes=boxes)
