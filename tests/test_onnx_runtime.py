@@ -179,6 +179,13 @@ def test_image_only_decoder_part_is_computed_once_per_embedding(onnx_seg, torch_
         want, got = torch_seg.decode(emb, p), onnx_seg.decode(emb, p)
         assert np.mean(want.mask != got.mask) < 1e-3
         assert np.abs(want.low_res_logits - got.low_res_logits).max() < 1e-2
+    # batches on the split graphs (the per-slice part broadcast over prompts), boxes with clicks
+    click = Point(80.0, 90.0, True, PromptSource.CLICK, 1.0)
+    batch = [boxes[0], boxes[1].with_points(click), PromptSet.from_box(20, 30, 160, 170)]
+    for multimask in (False, True):
+        for w, g in zip(torch_seg.decode_batch(emb, batch, multimask), onnx_seg.decode_batch(emb, batch, multimask)):
+            assert np.mean(w.mask != g.mask) < 1e-3
+            assert abs(w.predicted_iou - g.predicted_iou) < 1e-3
 
 
 def test_export_folder_names_the_export_format(segmenter, tmp_path):
