@@ -63,7 +63,8 @@ def aal_names() -> dict[str, int]:
 
 def tight_box(mask2d: np.ndarray) -> PromptSet:
     ys, xs = np.nonzero(mask2d)
-    return PromptSet.from_box(xs.min(), ys.min(), xs.max(), ys.max())
+    # a one-pixel-thin cross-section (seen on deformed subjects) still gets a box with an area
+    return PromptSet.from_box(xs.min(), ys.min(), max(xs.max(), xs.min() + 1), max(ys.max(), ys.min() + 1))
 
 
 def per_slice(seg, volume, truth: np.ndarray, bounds, config: PropagationConfig, z0: int) -> np.ndarray:

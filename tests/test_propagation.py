@@ -188,3 +188,22 @@ def test_unknown_box_rule_is_refused(segmenter, ellipsoid_volume):
     vol, truth = ellipsoid_volume
     with pytest.raises(ValueError, match="box_rule"):
         propagate(segmenter, vol, {CZ: PromptSet.from_box(*_box(truth[CZ]))}, config=PropagationConfig(box_rule="nope"))
+
+
+def test_drift_from_the_prompted_slices_tissue_stops_propagation(segmenter):
+    # A cylinder through all slices whose brightness falls 40 units a slice from the middle: each step
+    # is small (the slice-to-slice rules pass) but the tissue is no longer the prompted one's.
+    nz, n = 12, 80
+    yy, xx = np.mgrid[:n, :n]
+    disc = (yy - 40) ** 2 + (xx - 38) ** 2 <= 18 ** 2
+    rng = np.random.default_rng(7)
+    vox = np.stack([100 + (850 - 40 * abs(z - 6)) * disc for z in range(nz)]).astype(np.float32)
+    vox += rng.normal(0, 10, vox.shape).astype(np.float32)
+    vol = Volume(vox, spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0), modality="MR")
+    seed = {6: PromptSet.from_box(*_box(disc))}
+    res = propagate(segmenter, vol, seed)
+    first, last = res.slice_range
+    assert 3 <= first and last <= 9, res.notes
+    assert any("median intensity" in s.reason for s in res.stops), res.notes
+    free = propagate(segmenter, vol, seed, config=PropagationConfig(max_anchor_intensity_shift=None))
+    assert free.voxel_count > res.voxel_count
