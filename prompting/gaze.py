@@ -363,7 +363,6 @@ class GazePromptConfig:
     cluster_radius_deg: float = 10.0  # centroid linkage; large: one big structure gets many far-apart looks
     outlier_factor: float = 2.5  # in the dominant cluster, drop a fixation > factor x the others' median distance...
     outlier_min_deg: float = 0.75  # ...from their dwell-weighted median, and farther than this (a stray glance)
-    max_outliers: int = 1  # at most this many (and at most a third) are dropped: one stray glance
     # Candidate boxes: the fixations' bounding box grown by pad = f x max(spread, min_pad_deg) per
     # side, for every f; all decoded in ONE batch against the cached embedding, then scored.
     pads: tuple[float, ...] = (0.5, 1.0, 1.6, 2.4, 3.5, 5.0)
@@ -421,7 +420,7 @@ def robust_core(cluster: FixationCluster, geometry: ViewingGeometry,
     """The cluster without a stray glance: each fixation is compared with the dwell-weighted median of
     the OTHERS (so the stray cannot pull the reference towards itself) and dropped when it lies more
     than outlier_factor x their median distance and more than outlier_min_deg away. At most a third
-    of the fixations (and max_outliers) go: the dominant cluster is what the reader looked at most."""
+    of the fixations go (the dominant cluster is what the reader looked at most)."""
     fx = list(cluster.fixations)
     if len(fx) == 2:
         # Two places: in a small structure the looks merge into one long fixation, and the other is
@@ -444,7 +443,7 @@ def robust_core(cluster: FixationCluster, geometry: ViewingGeometry,
         scale = float(np.hypot(*(P[others][0] - P[others][1]))) if len(fx) == 3 else float(np.median(d_others))
         limit = max(config.outlier_factor * scale, floor)
         excess[i] = d / max(limit, 1e-9)
-    drop = [i for i in np.argsort(-excess)[: min(len(fx) // 3, config.max_outliers)] if excess[i] > 1.0]
+    drop = [i for i in np.argsort(-excess)[: len(fx) // 3] if excess[i] > 1.0]
     if not drop:
         return cluster
     return _make_cluster([f for i, f in enumerate(fx) if i not in drop])
