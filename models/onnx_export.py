@@ -30,7 +30,8 @@ OPSET = 17
 # Bumped whenever the set or the signature of the exported graphs changes: part of the export
 # folder's name, so an older export is never loaded by newer code (it is re-made and re-validated).
 # 2: + decoder_prep.onnx / decoder_nomask.onnx (the image-only part of the decoder, once per slice).
-EXPORT_FORMAT = 2
+# 3: decoder.onnx only for prompts with a previous mask (no has_mask_input), same layout as nomask.
+EXPORT_FORMAT = 3
 ONNX_DIR_ENV = "CLINSEG_ONNX_DIR"
 MANIFEST = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
@@ -275,6 +276,11 @@ class DecoderNoMaskModel(nn.Module):
         return _HeadAttention(attn, self.head_mask)
 
     def forward(self, keys0, t2i_k, t2i_v, i2t_q, point_coords, point_labels):
+        return self._decode(keys0, t2i_k, t2i_v, i2t_q, point_coords, point_labels, projected=True)
+
+    def _decode(self, keys0, t2i_k, t2i_v, i2t_q, point_coords, point_labels, projected: bool):
+        """projected: t2i_k, t2i_v, i2t_q are layer 0's projections (decoder_prep's outputs);
+        else its raw inputs (keys0 + PE, keys0, keys0 + PE)."""
         md = self.mask_decoder
         tr = md.transformer
         sparse = self.points._embed_points(point_coords, point_labels)
@@ -286,10 +292,10 @@ class DecoderNoMaskModel(nn.Module):
         l0 = tr.layers[0]
         queries = l0.norm1(l0.self_attn(q=tokens, k=tokens, v=tokens))
         t2i = self._att(l0.cross_attn_token_to_image)
-        queries = l0.norm2(queries + t2i.tokens_to_image(queries + tokens, t2i_k, t2i_v, projected=True))
+        queries = l0.norm2(queries + t2i.tokens_to_image(queries + tokens, t2i_k, t2i_v, projected=projected))
         queries = l0.norm3(queries + l0.mlp(queries))
         i2t = self._att(l0.cross_attn_image_to_token)
-        keys = l0.norm4(keys0 + i2t.image_to_tokens(i2t_q, queries + tokens, queries, projected=True))
+        keys = l0.norm4(keys0 + i2t.image_to_tokens(i2t_q, queries + tokens, queries, projected=projected))
 
         for layer in tr.layers[1:]:  # TwoWayAttentionBlock.forward with the query/key PE
             q = queries + tokens
@@ -334,6 +340,25 @@ class DecoderNoMaskModel(nn.Module):
         return m.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, t, 4 * h, 4 * w)
 
 
+class DecoderMaskModel(DecoderNoMaskModel):
+    """Prompt encoder + mask decoder for prompts WITH a previous mask (refinement): the previous
+    low-res logits go through the prompt encoder's mask_downscaling into the image tokens, so
+    nothing is shared between prompts; otherwise DecoderNoMaskModel's layout.
+
+    Inputs: image_embeddings (1, C, h, w); point_coords (B, N, 2); point_labels (B, N);
+    mask_input (B, 1, 4h, 4w). Outputs: low_res_logits (B, T, 4h, 4w), iou_predictions (B, T)."""
+
+    def __init__(self, sam: Sam):
+        super().__init__(sam)
+        self.prompt_encoder = sam.prompt_encoder
+
+    def forward(self, image_embeddings, point_coords, point_labels, mask_input):
+        src = image_embeddings + self.prompt_encoder.mask_downscaling(mask_input)  # (B, C, h, w)
+        keys0 = src.flatten(2).permute(0, 2, 1)
+        kpe = keys0 + self.pe_tokens
+        return self._decode(keys0, kpe, keys0, kpe, point_coords, point_labels, projected=False)
+
+
 def _export(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_axes) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     with warnings.catch_warnings(), torch.no_grad():
@@ -349,14 +374,14 @@ def export_encoder(sam: Sam, path: Path, input_size: int) -> None:
 
 
 def export_decoder(sam: Sam, path: Path, embedding: torch.Tensor) -> None:
-    model = DecoderOnnxModel(sam).eval()
+    """decoder.onnx: prompts with a previous mask (DecoderMaskModel)."""
+    model = DecoderMaskModel(sam).eval()
     side = sam.prompt_encoder.mask_input_size
     coords = torch.tensor([[[30.0, 40.0], [80.0, 90.0], [175.0, 170.0]]] * 2)
     labels = torch.tensor([[1.0, 2.0, 3.0]] * 2)
     mask = torch.zeros(2, 1, *side)
-    has = torch.tensor([1.0])
-    _export(model, (embedding, coords, labels, mask, has), path,
-            ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
+    _export(model, (embedding, coords, labels, mask), path,
+            ["image_embeddings", "point_coords", "point_labels", "mask_input"],
             ["low_res_logits", "iou_predictions"],
             {"point_coords": {0: "prompts", 1: "points"}, "point_labels": {0: "prompts", 1: "points"},
              "mask_input": {0: "prompts"}, "low_res_logits": {0: "prompts"}, "iou_predictions": {0: "prompts"}})

@@ -170,9 +170,7 @@ class OnnxRuntime:
             "image_embeddings": np.ascontiguousarray(features.detach().cpu().numpy(), dtype=np.float32),
             "point_coords": coords,
             "point_labels": labels,
-            "mask_input": (np.ascontiguousarray(masks.numpy(), dtype=np.float32) if masks is not None
-                           else np.zeros((b, 1, *self.mask_side), np.float32)),
-            "has_mask_input": np.array([1.0 if masks is not None else 0.0], np.float32),
+            "mask_input": np.ascontiguousarray(masks.numpy(), dtype=np.float32),
         }
         low_res, iou = self.decoder.run(None, feeds)
         return torch.from_numpy(low_res), torch.from_numpy(iou)
