@@ -16,8 +16,8 @@ what `app.pipeline.segment_best` runs): whole-slice decode, then a zoomed re-enc
 kept when the decoder rates it clearly better. What reaches the decoder is
 `prompting.clicks.decoder_prompt` (box only for box-trained backends such as LiteMedSAM). `--no-zoom`
 measures the interactive whole-slice path instead.
-Uncertainty: models/uncertainty on the tight box (whole slice); Spearman(score, 1 - Dice of the box
-mode) over all cases.
+Uncertainty: models/uncertainty on the tight box (whole slice); Spearman(score, 1 - Dice of that
+whole-slice result) over all cases.
 Images: each case's raw slice windowed by the product's default window for its modality
 (`integrations.windowing.default_window`: min-max for MR and microscopy); each distinct image encoded
 once (`--cache-dir` keeps embeddings on disk, so a re-run only decodes). `--max-cases` per set takes
@@ -70,7 +70,10 @@ def one_shot(seg, img, prompt: PromptSet, zoom: ZoomPolicy | None):
 def run_case(seg, emb, img, mask, rng, zoom: ZoomPolicy | None, n_clicks: int = 3) -> tuple[dict[str, float], float]:
     out = {}
     tight = PromptSet.from_box(*su.tight_box(mask))
+    # the uncertainty describes the whole-slice decode it was computed on: it is compared with that
+    # result's error (the zoomed result comes from another embedding)
     unc = segment_with_uncertainty(seg, emb, tight, UncertaintyConfig())
+    out["box_slice"] = dice(unc.mask, mask)
     out["box"] = dice(one_shot(seg, img, tight, zoom).mask, mask)
     out["box_j"] = dice(one_shot(seg, img, PromptSet.from_box(*su.jittered_box(mask, rng)), zoom).mask, mask)
 
@@ -136,7 +139,7 @@ def main() -> None:
             d, u = run_case(seg, seg.embed(img), img, c.mask, rng, zoom)
             rows[set_name].append(d)
             unc.append(u)
-            err.append(1.0 - d["box"])
+            err.append(1.0 - d["box_slice"])
         print(f"{set_name}: {len(cases)} cases, {len(images)} images, {time.perf_counter() - t0:.0f} s so far", flush=True)
 
     all_rows = [r for rs in rows.values() for r in rs]

@@ -61,6 +61,7 @@ class ClickConfig:
     gap_frac: float = 0.2
     w_size: float = 0.2  # per unit of log(mask pixels)
     keep_overlap: float = 0.5  # a correction's mask keeps/stays within this much of the previous one (_nested_overlap)
+    keep_size_ratio: float = 0.4  # ...and is neither a small part of it nor many times larger
 
 
 # Backends trained with box prompts only: their decoder does worse, not better, when clicks or a
@@ -423,7 +424,8 @@ def correct_with_click(segmenter, embedding, prompt: PromptSet, previous_logits:
     prev = np.asarray(previous_mask, bool) if previous_mask is not None and np.asarray(previous_mask).shape == shape else unchanged.mask
     # ...and it must keep most of the previous mask: a box that agrees with the clicks by jumping to
     # another structure is not a correction (measured: such jumps took cases from 0.85 to 0.1 Dice).
-    better = [v for v in variants[1:] if v.points_ok > before + 1e-9 and _nested_overlap(v.mask, prev) >= cfg.keep_overlap]
+    better = [v for v in variants[1:] if v.points_ok > before + 1e-9
+              and _nested_overlap(v.mask, prev) >= cfg.keep_overlap and _size_ratio(v.mask, prev) >= cfg.keep_size_ratio]
     kind = "positive" if click.positive else "negative"
     if not better:
         ps = replace(prompt, points=points, mask_input=None if box_only else previous_logits)
@@ -442,6 +444,11 @@ def _nested_overlap(a: np.ndarray, b: np.ndarray) -> float:
     low when they are different structures."""
     n = min(int(a.sum()), int(b.sum()))
     return int(np.logical_and(a, b).sum()) / n if n else 0.0
+
+
+def _size_ratio(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = int(a.sum()), int(b.sum())
+    return min(na, nb) / max(na, nb) if max(na, nb) else 0.0
 
 
 def _logits_to_mask(segmenter, embedding, logits: np.ndarray) -> np.ndarray:
