@@ -61,7 +61,7 @@ class ClickConfig:
     gap_frac: float = 0.2
     w_size: float = 0.2  # per unit of log(mask pixels)
     keep_overlap: float = 0.5  # a correction's mask keeps/stays within this much of the previous one (_nested_overlap)
-    keep_size_ratio: float = 0.4  # ...and is neither a small part of it nor many times larger
+    keep_size_ratio: float = 0.4  # ...and, when it shrinks the result, keeps this fraction of its size (no jump to a sub-blob)
 
 
 # Backends trained with box prompts only: their decoder does worse, not better, when clicks or a
@@ -425,7 +425,8 @@ def correct_with_click(segmenter, embedding, prompt: PromptSet, previous_logits:
     # ...and it must keep most of the previous mask: a box that agrees with the clicks by jumping to
     # another structure is not a correction (measured: such jumps took cases from 0.85 to 0.1 Dice).
     better = [v for v in variants[1:] if v.points_ok > before + 1e-9
-              and _nested_overlap(v.mask, prev) >= cfg.keep_overlap and _size_ratio(v.mask, prev) >= cfg.keep_size_ratio]
+              and _nested_overlap(v.mask, prev) >= cfg.keep_overlap
+              and (v.mask.sum() >= prev.sum() or _size_ratio(v.mask, prev) >= cfg.keep_size_ratio)]
     kind = "positive" if click.positive else "negative"
     if not better:
         ps = replace(prompt, points=points, mask_input=None if box_only else previous_logits)
