@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", default=None, help="the window the app will show (embeddings are per window)")
     p.add_argument("--slice", type=int, default=None, help="slice to start from (default: middle)")
     p.add_argument("--cache-dir", default=None, help=f"embedding folder (default: ${DEFAULT_EMBEDDING_DIR_ENV} or ~/.cache/clinseg/embeddings)")
-    p.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnx"))
+    p.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnx", "openvino"))
     p.add_argument("--backend", default="litemedsam")
     p.add_argument("--checkpoint", default=None)
     p.set_defaults(func=cmd_precompute)
@@ -43,11 +43,16 @@ def cmd_export_onnx(args) -> int:
     seg = build_segmenter(args.backend, checkpoint=args.checkpoint, runtime="torch")
     folder = ox.export_onnx(seg, args.out, force=args.force)
     report = attach_runtime(seg, "onnx", export_root=args.out)  # validates the files just written
-    print(json.dumps({"export_dir": str(folder), "runtime": report.active, "reason": report.reason,
-                      "encoder_max_abs": report.encoder_max_abs, "decoder_max_abs": report.decoder_max_abs}))
+    out = {"export_dir": str(folder), "runtime": report.active, "reason": report.reason,
+           "encoder_max_abs": report.encoder_max_abs, "decoder_max_abs": report.decoder_max_abs}
     if report.active != "onnx":
+        print(json.dumps(out))
         print(f"error: the export does not reproduce PyTorch: {report.reason}", file=sys.stderr)
         return 1
+    # what `auto` will use from now on: OpenVINO's encoder on the same graph, when it validates
+    fast = attach_runtime(seg, "auto", export_root=args.out)
+    out.update(default_runtime=fast.active, default_reason=fast.reason, encoder_precision=fast.precision)
+    print(json.dumps(out))
     return 0
 
 

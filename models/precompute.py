@@ -73,14 +73,14 @@ class VolumePrecomputer:
         self._ready = {z: threading.Event() for z in range(self.num_slices)}
         self._errors: dict[int, BaseException] = {}
         self._current: int | None = None
-        self._run_options = None  # onnxruntime.RunOptions of the slice in flight (interruptible)
+        self._run_options = None  # the runtime's cancel token for the slice in flight (ONNX Runtime, OpenVINO)
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
         self._started_at = 0.0
         self._finished = False
         self.computed_order: list[int] = []  # encoded slices in order (what the tests check)
         self.reused = 0
-        self.interrupted = 0  # slices abandoned midway because the user moved (ONNX Runtime only)
+        self.interrupted = 0  # slices abandoned midway because the user moved (ONNX Runtime, OpenVINO)
 
     @staticmethod
     def for_volume(segmenter, volume, window=None, focus: int | None = None, cache: EmbeddingCache | None = None,
@@ -197,11 +197,9 @@ class VolumePrecomputer:
         return min(self._pending, key=lambda z: (abs(z - f), z < f))
 
     def _new_run_options(self):
-        if getattr(self.segmenter.runtime, "name", "torch") != "onnx":
-            return None  # PyTorch cannot stop a forward pass midway: the slice in flight finishes
-        import onnxruntime as ort
-
-        return ort.RunOptions()
+        """A cancel token for the runtime's encode (None: PyTorch finishes the slice in flight)."""
+        rt = self.segmenter.runtime
+        return rt.new_run_options() if rt is not None else None
 
     def _run(self) -> None:
         try:

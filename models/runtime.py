@@ -27,11 +27,18 @@ from . import onnx_export as ox
 
 log = logging.getLogger("clinseg.runtime")
 
-RUNTIMES = ("auto", "torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx", "openvino")
+RUNTIME_NAMES = {"torch": "PyTorch", "onnx": "ONNX Runtime", "openvino": "OpenVINO"}
 # fp32 ONNX vs PyTorch differ by ~3e-6 on the embedding (|values| < 1) and ~1e-4 on logits; the
 # tolerances leave room for other CPUs' kernels yet catch a wrong graph (a perturbed export is ~1e-1).
 ENCODER_TOL = 1e-3
 DECODER_TOL = 1e-2
+# A bf16 encoder (OpenVinoRuntime on CPUs with native bf16) cannot meet ENCODER_TOL (max abs ~0.03);
+# it is checked by what its embedding does. Measured on the probe: cosine 0.992 and box-mask IoU
+# 0.93 (0.998 on a real Colin27 slice; dev-set Dice within 0.003 of fp32, bench/latency.py); a
+# wrong or perturbed graph falls far below both.
+REDUCED_MIN_COSINE = 0.98
+REDUCED_MIN_MASK_IOU = 0.85
 PREP_CACHE_SIZE = 4  # embeddings whose decoder_prep outputs are kept (OnnxRuntime.prepared)
 
 
@@ -48,10 +55,11 @@ class RuntimeReport:
     encoder_max_abs: float | None = None
     decoder_max_abs: float | None = None
     load_s: float = 0.0
+    precision: str = "f32"  # of the encoder: f32, or bf16 (OpenVINO on a CPU with native bf16)
 
     @property
     def fell_back(self) -> bool:
-        return self.requested == "onnx" and self.active != "onnx"
+        return self.requested not in ("auto", "torch") and self.active != self.requested
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,6 +69,7 @@ class TorchRuntime:
     """PyTorch eager: the reference the ONNX graphs are validated against."""
 
     name = "torch"
+    encoder_tag = ""
 
     def __init__(self, sam: Sam):
         self.sam = sam
@@ -68,6 +77,9 @@ class TorchRuntime:
     @torch.inference_mode()
     def encode(self, batch: torch.Tensor, run_options=None) -> torch.Tensor:
         return self.sam.image_encoder(batch)
+
+    def new_run_options(self):
+        return None  # PyTorch cannot stop a forward pass midway: the slice in flight finishes
 
     @torch.inference_mode()
     def decode_all(self, features: torch.Tensor, points, boxes, masks):
@@ -137,6 +149,15 @@ class OnnxRuntime:
                 self._prep.popitem(last=False)
         return outs
 
+    # Embeddings are computed in fp32: the cache key needs no precision tag (see OpenVinoRuntime).
+    encoder_tag = ""
+
+    def new_run_options(self):
+        """A token `encode` honours: setting `.terminate` abandons the slice in flight."""
+        import onnxruntime as ort
+
+        return ort.RunOptions()
+
     def encode(self, batch: torch.Tensor, run_options=None) -> torch.Tensor:
         x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
         # The graph is exported for one slice: a batch runs slice by slice (no gain from batching
@@ -176,6 +197,37 @@ class OnnxRuntime:
         return torch.from_numpy(low_res), torch.from_numpy(iou)
 
 
+class OpenVinoRuntime(OnnxRuntime):
+    """The export's encoder compiled by OpenVINO (f32, or bf16 where the CPU has it natively); the
+    decoders stay on ONNX Runtime (models/openvino_runtime.py says why)."""
+
+    name = "openvino"
+
+    def __init__(self, folder: Path, sam: Sam, threads: int | None = None, precision: str = "auto"):
+        from . import openvino_runtime as ovr
+
+        super().__init__(folder, sam, threads)
+        self.precision = ovr.resolve_precision(precision)
+        # bf16 embeddings differ from fp32 ones (cosine ~0.999): their cache entries must not mix
+        self.encoder_tag = "" if self.precision == "f32" else self.precision
+        try:
+            self.ov_encoder = ovr.OpenVinoEncoder(self.folder / self.manifest.encoder,
+                                                  int(threads or torch.get_num_threads()), self.precision)
+        except Exception as e:  # OpenVINO raises its own RuntimeError subclasses for unreadable graphs
+            raise OnnxValidationError(f"OpenVINO cannot compile {self.folder / self.manifest.encoder} "
+                                      f"({type(e).__name__}: {str(e)[:200]})") from e
+
+    def new_run_options(self):
+        from .openvino_runtime import CancelToken
+
+        return CancelToken()
+
+    def encode(self, batch: torch.Tensor, run_options=None) -> torch.Tensor:
+        from .openvino_runtime import encode_batch
+
+        return encode_batch(self.ov_encoder, batch, run_options)
+
+
 def _max_diff(a, b) -> float:
     return float(max(np.abs(x.numpy() - y.numpy()).max() for x, y in zip(a, b)))
 
@@ -205,11 +257,14 @@ def validate_onnx(rt: OnnxRuntime, segmenter) -> tuple[float, float]:
     if tuple(emb.shape) != tuple(ref["embedding"].shape):
         raise OnnxValidationError(f"encoder output shape {tuple(emb.shape)} != PyTorch {ref['embedding'].shape}")
     enc_diff = float(np.abs(emb.numpy() - ref["embedding"]).max())
-    if not np.isfinite(enc_diff) or enc_diff > ENCODER_TOL:
-        raise OnnxValidationError(f"encoder differs from PyTorch by {enc_diff:.3g} (> {ENCODER_TOL:g})")
-    features = torch.from_numpy(ref["embedding"])
     points, boxes, _ = probe_decode_inputs(segmenter)
     torch_rt = TorchRuntime(segmenter.sam)
+    if getattr(rt, "encoder_tag", ""):
+        cos, iou = _check_reduced_precision(emb, ref, torch_rt, points, boxes)
+        rt.encoder_check = f"{rt.encoder_tag} encoder: embedding cosine {cos:.4f}, probe mask IoU {iou:.3f}"
+    elif not np.isfinite(enc_diff) or enc_diff > ENCODER_TOL:
+        raise OnnxValidationError(f"encoder differs from PyTorch by {enc_diff:.3g} (> {ENCODER_TOL:g})")
+    features = torch.from_numpy(ref["embedding"])
     want = torch_rt.decode_all(features, points, boxes, None)
     dec_diff = _max_diff(rt.decode_all(features, points, boxes, None), want)  # prep + no-mask graphs
     # the full graph, with a previous mask: PyTorch's own probe logits fed back
@@ -221,6 +276,21 @@ def validate_onnx(rt: OnnxRuntime, segmenter) -> tuple[float, float]:
     return enc_diff, dec_diff
 
 
+def _check_reduced_precision(emb: torch.Tensor, ref, torch_rt: TorchRuntime, points, boxes) -> tuple[float, float]:
+    """A bf16 encoder cannot match fp32 to ENCODER_TOL; what must hold is the embedding's direction
+    and the probe's mask through the (fp32) decoder. Returns (cosine, mask IoU)."""
+    a, b = emb.numpy().ravel().astype(np.float64), ref["embedding"].ravel().astype(np.float64)
+    cos = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+    if not np.isfinite(cos) or cos < REDUCED_MIN_COSINE:
+        raise OnnxValidationError(f"reduced-precision encoder: embedding cosine {cos:.4f} to PyTorch's (< {REDUCED_MIN_COSINE})")
+    got = torch_rt.decode_all(emb, points, boxes, None)[0][:, 0].numpy() > 0
+    want = ref["logits"][:, 0] > 0
+    iou = float((got & want).sum() / max((got | want).sum(), 1))
+    if iou < REDUCED_MIN_MASK_IOU:
+        raise OnnxValidationError(f"reduced-precision encoder: probe mask IoU {iou:.3f} with PyTorch's (< {REDUCED_MIN_MASK_IOU})")
+    return cos, iou
+
+
 def onnxruntime_available() -> bool:
     try:
         import onnxruntime  # noqa: F401
@@ -229,13 +299,16 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def attach_runtime(segmenter, requested: str = "auto", export_root=None, threads: int | None = None) -> RuntimeReport:
+def attach_runtime(segmenter, requested: str = "auto", export_root=None, threads: int | None = None,
+                   precision: str = "auto") -> RuntimeReport:
     """Choose the segmenter's runtime and record the choice in `segmenter.runtime_report`.
 
     torch: PyTorch eager. onnx: ONNX Runtime, exporting first if no export exists for these
-    weights. auto (default): ONNX Runtime when it is installed and a validated export exists, else
-    PyTorch. Whenever ONNX was wanted but cannot be used, the segmenter runs on PyTorch and the
-    report (and a log warning) says why."""
+    weights. openvino: the export's encoder compiled by OpenVINO (`precision` auto: bf16 where the
+    CPU computes it natively, else f32), decoders on ONNX Runtime; exports first if needed.
+    auto (default): OpenVINO, else ONNX Runtime, when a validated export exists; else PyTorch.
+    Whenever a faster runtime was wanted but cannot be used, the next one down is used and the
+    report (and a log line) says why."""
     if requested not in RUNTIMES:
         raise ValueError(f"unknown runtime {requested!r}; choose one of {', '.join(RUNTIMES)}")
     t0 = time.perf_counter()
@@ -244,8 +317,10 @@ def attach_runtime(segmenter, requested: str = "auto", export_root=None, threads
     def done(active: str, reason: str, **kw) -> RuntimeReport:
         rep = RuntimeReport(requested, active, reason, load_s=round(time.perf_counter() - t0, 3), **kw)
         segmenter.runtime_report = rep
-        if active == "torch" and requested != "torch":
-            (log.warning if requested == "onnx" else log.info)("runtime: PyTorch (%s)", reason)
+        if active != requested and requested != "auto":
+            log.warning("runtime: %s (%s)", RUNTIME_NAMES[active], reason)
+        elif active == "torch" and requested != "torch":
+            log.info("runtime: PyTorch (%s)", reason)
         return rep
 
     if requested == "torch":
@@ -255,16 +330,36 @@ def attach_runtime(segmenter, requested: str = "auto", export_root=None, threads
     folder = ox.export_folder(segmenter.version, ox.weights_fingerprint(segmenter.sam), export_root)
     if not (folder / ox.MANIFEST).is_file():
         if requested == "auto":
-            return done("torch", "no ONNX export for these weights yet; run `clinseg export-onnx` for ~2x faster encoding")
+            return done("torch", "no ONNX export for these weights yet; run `clinseg export-onnx` for ~2-4x faster encoding")
         try:
             folder = ox.export_onnx(segmenter, export_root)
         except Exception as e:  # the exporter fails in many library-specific ways; all mean "use PyTorch"
             return done("torch", f"ONNX export failed ({type(e).__name__}: {str(e)[:160]})")
+    why_not_openvino = ""
+    if requested in ("auto", "openvino"):
+        from .openvino_runtime import openvino_available
+
+        if not openvino_available():
+            why_not_openvino = "OpenVINO is not installed"
+        else:
+            try:
+                rt = OpenVinoRuntime(folder, segmenter.sam, threads, precision)
+                enc_diff, dec_diff = validate_onnx(rt, segmenter)
+            except Exception as e:  # OpenVINO/ONNX errors of every kind mean "use the next runtime down"
+                why_not_openvino = f"OpenVINO encoder not used: {e}"
+            else:
+                segmenter.runtime = rt
+                enc = getattr(rt, "encoder_check", "") or f"max abs diff encoder {enc_diff:.1e}"
+                return done("openvino", f"OpenVINO encoder ({rt.precision}) + ONNX Runtime decoder, validated against PyTorch "
+                            f"({enc}; decoder max abs diff {dec_diff:.1e})", export_dir=str(folder),
+                            encoder_max_abs=enc_diff, decoder_max_abs=dec_diff, precision=rt.precision)
     try:
         rt = OnnxRuntime(folder, segmenter.sam, threads)
         enc_diff, dec_diff = validate_onnx(rt, segmenter)
     except Exception as e:  # corrupt files surface as zip/protobuf/pybind errors: every one means "use PyTorch"
-        return done("torch", f"ONNX export in {folder} failed validation: {e}", export_dir=str(folder))
+        return done("torch", "; ".join(filter(None, [why_not_openvino, f"ONNX export in {folder} failed validation: {e}"])),
+                    export_dir=str(folder))
     segmenter.runtime = rt
-    return done("onnx", f"ONNX Runtime, validated against PyTorch (max abs diff encoder {enc_diff:.1e}, decoder {dec_diff:.1e})",
+    return done("onnx", "; ".join(filter(None, [why_not_openvino, f"ONNX Runtime, validated against PyTorch (max abs diff "
+                                                f"encoder {enc_diff:.1e}, decoder {dec_diff:.1e})"])),
                 export_dir=str(folder), encoder_max_abs=enc_diff, decoder_max_abs=dec_diff)

@@ -72,7 +72,9 @@ class SamSegmenter:
         return t
 
     def embedding_key(self, image01: np.ndarray) -> str:
-        return content_key(image01, self.version, self.preprocessing.describe())
+        # a reduced-precision encoder (bf16) tags its embeddings: they never mix with fp32 ones
+        tag = getattr(self.runtime, "encoder_tag", "")
+        return content_key(image01, self.version, self.preprocessing.describe() + (f"|{tag}" if tag else ""))
 
     @torch.inference_mode()
     def encode_tensor(self, batch: torch.Tensor) -> torch.Tensor:

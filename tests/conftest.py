@@ -1,7 +1,10 @@
 """Shared fixtures. The real LiteMedSAM weights load once per test session."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# A developer's own ONNX exports (~/.cache/clinseg/onnx) must not change which runtime the tests
+# get: the suite sees what a clean CI machine sees (PyTorch), and exports where a test asks for one.
+os.environ["CLINSEG_ONNX_DIR"] = tempfile.mkdtemp(prefix="clinseg-test-onnx-")
+atexit.register(shutil.rmtree, os.environ["CLINSEG_ONNX_DIR"], True)
 
 MRICRON = Path("/usr/share/mricron/templates")
 

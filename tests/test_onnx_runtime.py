@@ -38,8 +38,17 @@ def torch_seg(segmenter):
 @pytest.fixture(scope="session")
 def onnx_seg(segmenter, export_root):
     seg = _twin(segmenter)
-    rep = attach_runtime(seg, "auto", export_root=export_root)
+    rep = attach_runtime(seg, "onnx", export_root=export_root)
     assert rep.active == "onnx", rep.reason
+    return seg
+
+
+@pytest.fixture(scope="session")
+def openvino_seg(segmenter, export_root):
+    """OpenVINO's encoder at the precision `auto` picks on this CPU (bf16 where it is native)."""
+    seg = _twin(segmenter)
+    rep = attach_runtime(seg, "openvino", export_root=export_root)
+    assert rep.active == "openvino", rep.reason
     return seg
 
 
@@ -146,8 +155,11 @@ def test_auto_without_export_uses_torch_with_reason(segmenter, tmp_path):
         attach_runtime(seg, "tensorrt")
 
 
-def test_precompute_interrupts_the_slice_in_flight_when_the_user_jumps(onnx_seg):
+@pytest.mark.parametrize("runtime_seg", ["onnx_seg", "openvino_seg"])
+def test_precompute_interrupts_the_slice_in_flight_when_the_user_jumps(runtime_seg, request):
     import time
+
+    onnx_seg = request.getfixturevalue(runtime_seg)
 
     from models.cache import EmbeddingCache
     from models.precompute import VolumePrecomputer
@@ -207,3 +219,79 @@ def test_numpy_upsampling_matches_torch(shape, policy):
     assert got.shape == ref.shape == (2, 3, *shape)
     assert np.abs(got - ref).max() < 2e-3  # logits of magnitude ~30: float rounding only
     assert np.mean((got > 0) != (ref > 0)) < 1e-4
+
+
+# -- OpenVINO encoder (models/openvino_runtime.py) ---------------------------------------------------
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+def test_openvino_f32_encoder_equals_pytorch(segmenter, export_root, torch_seg, real_slice):
+    seg = _twin(segmenter)
+    rep = attach_runtime(seg, "openvino", export_root=export_root, precision="f32")
+    assert rep.active == "openvino" and rep.precision == "f32", rep.reason
+    img, _ = real_slice
+    a, b = seg.embed(img).features, torch_seg.embed(img).features
+    assert a.shape == b.shape == (1, 256, 64, 64)
+    assert float((a - b).abs().max()) < 1e-3
+    assert seg.embedding_key(img) == torch_seg.embedding_key(img)  # fp32 embeddings share cache entries
+
+
+def test_openvino_auto_precision_follows_the_cpu_and_keeps_the_masks(openvino_seg, torch_seg, real_slice):
+    from models.openvino_runtime import native_bf16
+
+    rep = openvino_seg.runtime_report
+    assert rep.precision == ("bf16" if native_bf16() else "f32")
+    assert f"OpenVINO encoder ({rep.precision})" in rep.reason
+    img, labels = real_slice
+    a, b = openvino_seg.embed(img).features, torch_seg.embed(img).features
+    cos = float((a * b).sum() / (a.norm() * b.norm()))
+    assert cos > 0.995, cos
+    # the five largest AAL regions of the slice, tight boxes: the same masks to within a few pixels
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    for lab in ids[np.argsort(-counts)[:5]]:
+        ys, xs = np.nonzero(labels == lab)
+        p = PromptSet.from_box(float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+        want, got = torch_seg.decode(torch_seg.embed(img), p).mask, openvino_seg.decode(openvino_seg.embed(img), p).mask
+        assert _dice(want, got) > 0.95, lab
+    if rep.precision == "bf16":  # bf16 embeddings never share a cache entry with fp32 ones
+        assert openvino_seg.embedding_key(img) != torch_seg.embedding_key(img)
+
+
+def test_bf16_is_refused_on_a_cpu_without_it(monkeypatch):
+    from models import openvino_runtime as ovr
+
+    monkeypatch.setattr(ovr, "native_bf16", lambda: False)
+    assert ovr.resolve_precision("auto") == "f32"
+    with pytest.raises(ValueError, match="no native bfloat16"):
+        ovr.resolve_precision("bf16")
+    with pytest.raises(ValueError, match="unknown encoder precision"):
+        ovr.resolve_precision("fp8")
+
+
+def test_openvino_unavailable_falls_back_to_onnx_runtime_and_says_why(segmenter, export_root, monkeypatch, caplog):
+    from models import openvino_runtime as ovr
+
+    monkeypatch.setattr(ovr, "openvino_available", lambda: False)
+    seg = _twin(segmenter)
+    with caplog.at_level(logging.WARNING, logger="clinseg.runtime"):
+        rep = attach_runtime(seg, "openvino", export_root=export_root)
+    assert rep.active == "onnx" and rep.fell_back and "OpenVINO is not installed" in rep.reason
+    assert any("OpenVINO is not installed" in r.getMessage() for r in caplog.records)
+    auto = attach_runtime(_twin(segmenter), "auto", export_root=export_root)
+    assert auto.active == "onnx" and not auto.fell_back
+
+
+def test_openvino_rejects_a_perturbed_encoder_in_either_precision(segmenter, export_root, tmp_path):
+    root, folder = _copy_export(export_root, tmp_path)
+    model = onnx.load(str(folder / ox.ENCODER_FILE))
+    floats = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
+    init = max(floats, key=lambda t: int(np.prod(t.dims)))
+    w = numpy_helper.to_array(init)
+    init.CopyFrom(numpy_helper.from_array((w + np.random.default_rng(1).normal(0, float(w.std()), w.shape)).astype(np.float32), init.name))
+    onnx.save(model, str(folder / ox.ENCODER_FILE))
+    for precision in ("f32", "auto"):
+        rep = attach_runtime(_twin(segmenter), "openvino", export_root=root, precision=precision)
+        assert rep.active == "torch" and rep.fell_back, rep.reason
+        assert "OpenVINO encoder not used" in rep.reason

@@ -1,0 +1,113 @@
+"""OpenVINO for the image encoder: the same exported ONNX graph, compiled by OpenVINO for this CPU.
+
+Why: the encoder is the one slow step. On this project's 2-core machine ONNX Runtime runs it at
+~0.5 s (its matrix products already near the fp32 limit); OpenVINO's CPU plugin compiles the same
+`encoder.onnx` with fused kernels (f32: ~1.6x ONNX Runtime), and on CPUs with native bfloat16
+(AVX512-BF16 / AMX) it can run the matrix products in bf16 with fp32 accumulation, ~2x again.
+bf16 changes the embedding (cosine ~0.999 to fp32), so it is used only where the CPU has it, only
+after the probe check below, and its Dice on the dev sets is measured by bench/latency.py.
+
+The prompt encoder + mask decoder stay on ONNX Runtime (`OnnxRuntime`, fp32): measured faster
+there than on OpenVINO f32, and the per-prompt path keeps exact fp32 numerics.
+
+Nothing here reaches the network: `Core.read_model` / `compile_model` read the local export.
+(OpenVINO's telemetry lives in its model-conversion tools, `openvino.tools.ovc`, never imported.)
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PRECISIONS = ("auto", "f32", "bf16")
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def native_bf16() -> bool:
+    """True when OpenVINO's CPU plugin reports native bfloat16 (AVX512-BF16 or AMX) on this CPU."""
+    import openvino as ov
+
+    try:
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # an OpenVINO build without the CPU plugin: no bf16
+        return False
+
+
+def resolve_precision(requested: str) -> str:
+    """auto -> bf16 where the CPU computes it natively, else f32; f32/bf16 as asked (bf16 on a CPU
+    without it is refused: OpenVINO would emulate it, slower than f32)."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"unknown encoder precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+    if requested == "auto":
+        return "bf16" if native_bf16() else "f32"
+    if requested == "bf16" and not native_bf16():
+        raise ValueError("this CPU has no native bfloat16 (AVX512-BF16/AMX); use precision f32")
+    return requested
+
+
+class CancelToken:
+    """What `VolumePrecomputer` sets to abandon the slice in flight (ONNX Runtime's RunOptions has
+    the same `terminate` attribute)."""
+
+    def __init__(self):
+        self.terminate = False
+
+
+class EncoderInterrupted(RuntimeError):
+    """The encode was cancelled through its CancelToken."""
+
+
+class OpenVinoEncoder:
+    """`encoder.onnx` compiled by OpenVINO for one latency-bound stream on `threads` cores."""
+
+    POLL_S = 0.02  # how often a running encode checks its cancel token
+
+    def __init__(self, onnx_path: Path, threads: int, precision: str):
+        import openvino as ov
+
+        self.precision = precision
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": int(threads),
+                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+        self._output = self.compiled.output(0)
+        # one request per calling thread: the UI thread and the precompute worker may encode at once
+        self._local = threading.local()
+
+    def _request(self):
+        req = getattr(self._local, "request", None)
+        if req is None:
+            req = self._local.request = self.compiled.create_infer_request()
+        return req
+
+    def __call__(self, x: np.ndarray, cancel: CancelToken | None = None) -> np.ndarray:
+        req = self._request()
+        if cancel is None:
+            return np.array(req.infer({0: x})[self._output], copy=True)
+        req.start_async({0: x})
+        while not req.wait_for(int(self.POLL_S * 1000)):
+            if cancel.terminate:
+                req.cancel()
+                try:
+                    req.wait()  # let the cancelled job leave the CPU plugin before the request is dropped
+                except RuntimeError:  # "Infer Request was canceled": the expected outcome
+                    pass
+                self._local.request = None  # a cancelled request cannot run again
+                raise EncoderInterrupted("encode cancelled")
+        return np.array(req.get_tensor(self._output).data, copy=True)
+
+
+def encode_batch(encoder: OpenVinoEncoder, batch: torch.Tensor, cancel=None) -> torch.Tensor:
+    """The graph takes one slice: a batch runs slice by slice."""
+    x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+    outs = [encoder(x[i : i + 1], cancel) for i in range(x.shape[0])]
+    return torch.from_numpy(np.concatenate(outs) if len(outs) > 1 else outs[0])
