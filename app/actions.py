@@ -153,10 +153,12 @@ def drawn_to_prompt(ws: Workstation, segmenter, drawn: DrawnPrompt) -> PromptSet
     raise InvalidPromptError(f"unknown prompt kind {drawn.kind!r}.")
 
 
-def scribble_prompt(ws: Workstation, segmenter, emb, previous: SliceResult | None, drawn: DrawnPrompt, label: str):
+def scribble_prompt(ws: Workstation, segmenter, emb, previous: SliceResult | None, drawn: DrawnPrompt, label: str,
+                    image01=None):
     """(PromptSet, strokes so far): this stroke plus the earlier strokes of this object on this slice.
 
-    A box the user drew earlier on this slice stays the frame the strokes refine.
+    A box the user drew earlier on this slice stays the frame the strokes refine. `image01`, the
+    slice the embedding came from, lets the learned proposal ranker look at the image.
     """
     from prompting.scribbles import Scribble, propose_from_scribbles
 
@@ -165,7 +167,7 @@ def scribble_prompt(ws: Workstation, segmenter, emb, previous: SliceResult | Non
     box = None
     if previous is not None and previous.prompt.box is not None and previous.prompt.box.source == PromptSource.BOX:
         box = previous.prompt.box
-    prompt = propose_from_scribbles(segmenter, emb, strokes, box=box)
+    prompt = propose_from_scribbles(segmenter, emb, strokes, box=box, image01=image01)
     return (replace(prompt, label=label) if label else prompt), strokes
 
 
@@ -218,7 +220,7 @@ def apply_drawn(ws: Workstation, segmenter, drawn: DrawnPrompt) -> SliceResult:
         session = slice_session(ws)
         obj = ws.active_object
         prompt, strokes = scribble_prompt(ws, segmenter, segmenter.embed(session.image01), previous, drawn,
-                                          obj.label if obj is not None else "")
+                                          obj.label if obj is not None else "", image01=session.image01)
         return run_prompt(ws, segmenter, prompt, strokes=strokes, inputs=inputs)
     return run_prompt(ws, segmenter, drawn_to_prompt(ws, segmenter, drawn), inputs=inputs)
 

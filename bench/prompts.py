@@ -45,11 +45,14 @@ from models.cache import EmbeddingCache  # noqa: E402
 from models.registry import build_segmenter  # noqa: E402
 from models.uncertainty import UncertaintyConfig, segment_with_uncertainty  # noqa: E402
 from models.zoom import ZoomPolicy, segment_adaptive  # noqa: E402
-from prompting.clicks import correct_with_click, decoder_prompt, propose_from_points  # noqa: E402
+from prompting.clicks import ClickConfig, correct_with_click, decoder_prompt, propose_from_points  # noqa: E402
 from prompting.promptset import PromptSet  # noqa: E402
-from prompting.scribbles import Scribble, propose_from_scribbles  # noqa: E402
+from prompting.scribbles import Scribble, ScribbleConfig, propose_from_scribbles  # noqa: E402
 
 MODES = ("box", "box_j", "click1", "click3", "scribble", "box_negscribble")
+HAND_MODES = ("click1_hand", "scribble_hand")  # --hand: the hand-weighted proposal scores, same clicks/strokes
+HAND_CLICK = ClickConfig(ranker=None)
+HAND_STROKE = ScribbleConfig(ranker=None)
 # Multimask outputs in the sampled set: with the default (min-max) window, box jitter alone gave
 # Spearman 0.11 / 0.30 on the two 26-case subsets (offset 0 / 0.5), with the multimask outputs 0.74 / 0.76.
 UNCERTAINTY = UncertaintyConfig(multimask=True)
@@ -70,7 +73,8 @@ def one_shot(seg, img, prompt: PromptSet, zoom: ZoomPolicy | None):
     return segment_adaptive(seg, img, decoder_prompt(seg, prompt), zoom)
 
 
-def run_case(seg, emb, img, mask, rng, zoom: ZoomPolicy | None, n_clicks: int = 3) -> tuple[dict[str, float], float]:
+def run_case(seg, emb, img, mask, rng, zoom: ZoomPolicy | None, n_clicks: int = 3,
+             hand: bool = False) -> tuple[dict[str, float], float]:
     out = {}
     tight = PromptSet.from_box(*su.tight_box(mask))
     # the uncertainty describes the whole-slice decode it was computed on: it is compared with that
@@ -80,9 +84,12 @@ def run_case(seg, emb, img, mask, rng, zoom: ZoomPolicy | None, n_clicks: int = 
     out["box"] = dice(one_shot(seg, img, tight, zoom).mask, mask)
     out["box_j"] = dice(one_shot(seg, img, PromptSet.from_box(*su.jittered_box(mask, rng)), zoom).mask, mask)
 
-    ps = propose_from_points(seg, emb, img, [su.click(mask, rng)])
+    first_click = su.click(mask, rng)
+    ps = propose_from_points(seg, emb, img, [first_click])
     r = one_shot(seg, img, ps, zoom)
     out["click1"] = dice(r.mask, mask)
+    if hand:  # the same click ranked by the hand score (the baseline the learned ranker replaced)
+        out["click1_hand"] = dice(one_shot(seg, img, propose_from_points(seg, emb, img, [first_click], HAND_CLICK), zoom).mask, mask)
     for _ in range(n_clicks - 1):
         c = su.correction_click(mask, r.mask, rng)
         if c is None:
@@ -92,7 +99,9 @@ def run_case(seg, emb, img, mask, rng, zoom: ZoomPolicy | None, n_clicks: int = 
     out["click3"] = dice(r.mask, mask)
 
     fg = Scribble(su.scribble(mask, rng), width=3.0, positive=True)
-    out["scribble"] = dice(one_shot(seg, img, propose_from_scribbles(seg, emb, [fg]), zoom).mask, mask)
+    out["scribble"] = dice(one_shot(seg, img, propose_from_scribbles(seg, emb, [fg], image01=img), zoom).mask, mask)
+    if hand:
+        out["scribble_hand"] = dice(one_shot(seg, img, propose_from_scribbles(seg, emb, [fg], cfg=HAND_STROKE), zoom).mask, mask)
 
     bg = su.background_scribble(mask, rng)
     if len(bg):
@@ -122,6 +131,7 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=os.environ.get("CLINSEG_BENCH_CACHE", "/tmp/clinseg-emb-prompts"),
                     help="on-disk embedding cache ('' = memory only)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--hand", action="store_true", help="also rank click/stroke proposals by the hand score (baseline rows)")
     args = ap.parse_args()
 
     seg = build_segmenter("litemedsam", cache=EmbeddingCache(disk_dir=args.cache_dir or None), num_threads=args.threads)
@@ -139,7 +149,7 @@ def main() -> None:
                 window = default_window(c.modality) if args.window == "default" else get_window(args.window)
                 images[c.group] = apply_window(c.image, window_bounds(window, c.image)).astype(np.float32)
             img = images[c.group]
-            d, u = run_case(seg, seg.embed(img), img, c.mask, rng, zoom)
+            d, u = run_case(seg, seg.embed(img), img, c.mask, rng, zoom, hand=args.hand)
             rows[set_name].append(d)
             unc.append(u)
             err.append(1.0 - d["box_slice"])
@@ -150,8 +160,9 @@ def main() -> None:
     header = f"{'mode':<16}" + "".join(f"{s:>10}" for s in rows) + f"{'all':>10}{'vs box':>9}"
     print(header)
     print("-" * len(header))
-    means = {m: float(np.mean([r[m] for r in all_rows])) for m in MODES}
-    for m in MODES:
+    modes = MODES + (HAND_MODES if args.hand else ())
+    means = {m: float(np.mean([r[m] for r in all_rows])) for m in modes}
+    for m in modes:
         line = f"{m:<16}" + "".join(f"{np.mean([r[m] for r in rs]):>10.3f}" for rs in rows.values())
         print(line + f"{means[m]:>10.3f}{means[m] / means['box']:>9.2f}")
     rho = float(spearmanr(unc, err).statistic) if len(unc) > 2 else float("nan")
@@ -160,6 +171,9 @@ def main() -> None:
           + ("whole-slice decode" if zoom is None else "one-shot path with zoom"))
     print(f"targets: click1 >= 0.90 x box: {means['click1'] >= 0.9 * means['box']}; click3 >= box: "
           f"{means['click3'] >= means['box']}; scribble >= box: {means['scribble'] >= means['box']}; spearman >= 0.4: {rho >= 0.4}")
+    from prompting.proposal_ranker import load_ranker
+
+    print("proposal rankers (never trained on these cases): " + "; ".join(f"{k}: {load_ranker(k).trained_on}" for k in ("click", "stroke")))
     print(f"uncertainty (tight box, K={UNCERTAINTY.samples}, multimask {UNCERTAINTY.multimask}) vs 1 - Dice: Spearman {rho:.3f} over {len(unc)} cases")
     print(f"total {time.perf_counter() - t0:.0f} s (shared CPU: timings are noisy)")
     print("RESULT " + " ".join(f"{m}={means[m]:.4f}" for m in MODES) + f" spearman={rho:.4f}")

@@ -65,6 +65,9 @@ class ClickConfig:
     # 0.48 to 0.75 but nuclei from 0.78 to 0.53 (growth into neighbours); the symmetric check keeps
     # click3 >= click1 in every set of both dev subsets
     keep_size_ratio: float = 0.4
+    # The learned proposal ranker (prompting/proposal_ranker.py, bundled coefficients) replaces the
+    # hand score above when the image is available; None = hand score only.
+    ranker: str | None = "click"
 
 
 # Backends trained with box prompts only: their decoder does worse, not better, when clicks or a
@@ -165,6 +168,10 @@ class _Scored:
     neighbours: float = 0.0
     depth_fit: float = 0.0  # how well the clicks sit at the mask's deepest point, in [0, 1]
     area: float = 0.0  # mask pixels
+    gap: float = float("inf")  # mean depth gap of the positive clicks, px (see _depth_stats)
+    top: float = 0.0  # the mask's largest interior distance, px
+    refined: bool = False  # decoded from a previous proposal's own mask box (fixed-point step)
+    terms: dict | None = None  # stroke measurements (prompting.scribbles.stroke_terms) for stroke proposals
 
 
 def _centrality(mask: np.ndarray, points: Sequence[Point]) -> float:
@@ -265,7 +272,7 @@ def score_boxes(segmenter, embedding, boxes: Sequence[np.ndarray], points: Seque
         cen, gap, top = _depth_stats(mask, points) if (cfg.w_centrality or cfg.w_gap) else (0.0, float("inf"), 0.0)
         fit = float(np.exp(-0.5 * (gap / (cfg.gap_px + cfg.gap_frac * top)) ** 2)) if np.isfinite(gap) else 0.0
         out.append(_Scored(np.asarray(b, np.float32), mask, low_res[i, 0:1].numpy().copy(), 0.0, q, stability,
-                           consistency, agree, cen, depth_fit=fit, area=float(mask.sum())))
+                           consistency, agree, cen, depth_fit=fit, area=float(mask.sum()), gap=gap, top=top))
     if cfg.w_neighbours:
         _neighbour_agreement(out)
     for s in out:
@@ -291,9 +298,10 @@ def _dedupe(boxes: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def best_box_for_points(segmenter, embedding, image01: np.ndarray, points: Sequence[Point],
-                        cfg: ClickConfig = ClickConfig()) -> _Scored:
-    """The best-scoring proposal (after one self-consistency refinement round)."""
+def click_candidates(segmenter, embedding, image01: np.ndarray | None, points: Sequence[Point],
+                     cfg: ClickConfig = ClickConfig()) -> list[_Scored]:
+    """Every proposal for the clicks, hand-scored: the first batch (scale grid + region growing) and
+    its fixed-point refinements (each mask's own box + margin, `.refined`), two batched decodes."""
     shape = tuple(embedding.original_size)
     check_points(points, shape)
     boxes = _dedupe(scale_proposals(points, shape, cfg) + grow_proposals(image01, points, cfg))
@@ -304,15 +312,58 @@ def best_box_for_points(segmenter, embedding, image01: np.ndarray, points: Seque
         if mb is not None:
             parents.append(s)
             refined_boxes.append(_with_margin(mb, cfg.refine_margin, shape))
-    if refined_boxes:
-        # one batch; a refined box's "neighbour" is the proposal it came from (a fixed point of
-        # box -> mask -> box is what a box-trained model segments consistently)
-        refined = score_boxes(segmenter, embedding, refined_boxes, points, replace(cfg, w_neighbours=0.0))
-        for r, parent in zip(refined, parents):
-            r.neighbours = _mask_iou(r.mask, parent.mask)
-            r.score += cfg.w_neighbours * r.neighbours
-        scored = sorted(scored[: cfg.refine_top] + refined, key=lambda s: -s.score)
-    return scored[0]
+    if not refined_boxes:
+        return scored
+    # one batch; a refined box's "neighbour" is the proposal it came from (a fixed point of
+    # box -> mask -> box is what a box-trained model segments consistently)
+    refined = score_boxes(segmenter, embedding, refined_boxes, points, replace(cfg, w_neighbours=0.0))
+    for r, parent in zip(refined, parents):
+        r.neighbours = _mask_iou(r.mask, parent.mask)
+        r.score += cfg.w_neighbours * r.neighbours
+        r.refined = True
+    return scored[: cfg.refine_top] + refined
+
+
+def click_features(cands: Sequence[_Scored], image01: np.ndarray, points: Sequence[Point]) -> dict[str, np.ndarray]:
+    """The proposal ranker's feature table (prompting.proposal_ranker.CLICK_FEATURES) for click proposals."""
+    from .proposal_ranker import ImageContext, image_features, intensity_deviation, set_features
+
+    h, w = np.asarray(image01).shape[:2]
+    ctx = ImageContext.of(image01)
+    pos = np.array([[p.x, p.y] for p in points if p.positive], np.float64).reshape(-1, 2)
+    rows = []
+    for s in cands:
+        f = image_features(s.mask, s.box, ctx)
+        gap_rel = s.gap / (s.top + 1.0) if np.isfinite(s.gap) else 1.0
+        f.update(points_ok=s.points_ok, depth_fit=s.depth_fit, centrality=s.centrality, neighbours=s.neighbours,
+                 consistency=s.consistency, iou=s.iou, stability=s.stability,
+                 log_area=math.log((s.area + 1.0) / (h * w)), refined=float(s.refined),
+                 click_dev=intensity_deviation(s.mask, ctx, pos), gap_rel=float(min(gap_rel, 1.0)))
+        rows.append(f)
+    table = {k: np.array([r[k] for r in rows], np.float64) for k in rows[0]} if rows else {}
+    table.update(set_features([s.mask for s in cands]))
+    return table
+
+
+def rank_candidates(cands: Sequence[_Scored], image01: np.ndarray | None, points: Sequence[Point],
+                    cfg: ClickConfig) -> None:
+    """Replace the hand scores by the learned ranker's (`cfg.ranker`), when there is an image to look at."""
+    if not cfg.ranker or image01 is None or not cands:
+        return
+    from .proposal_ranker import load_ranker
+
+    scores = load_ranker(cfg.ranker).score(click_features(cands, image01, points))
+    for s, v in zip(cands, scores):
+        s.score = float(v)
+
+
+def best_box_for_points(segmenter, embedding, image01: np.ndarray | None, points: Sequence[Point],
+                        cfg: ClickConfig = ClickConfig()) -> _Scored:
+    """The best proposal (after one self-consistency refinement round), by the learned ranker when
+    `cfg.ranker` is set and the image is given, else by the hand score."""
+    cands = click_candidates(segmenter, embedding, image01, points, cfg)
+    rank_candidates(cands, image01, points, cfg)
+    return max(cands, key=lambda s: s.score)
 
 
 def _source_of(points: Sequence[Point]) -> PromptSource:
@@ -467,7 +518,7 @@ def _logits_to_mask(segmenter, embedding, logits: np.ndarray) -> np.ndarray:
 def _repropose(segmenter, embedding, points: Sequence[Point], cfg: ClickConfig) -> PromptSet:
     """A correction on a prompt without a box: propose afresh from all points (no image growing)."""
     best = best_box_for_points(segmenter, embedding, np.zeros(embedding.original_size, np.float32), points,
-                               replace(cfg, grow_tolerances=()))
+                               replace(cfg, grow_tolerances=(), ranker=None))
     b = best.box
     return PromptSet(points=tuple(points), box=Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), _source_of(points),
                                                    float(best.iou))).with_note("re-proposed a box from all clicks")

@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 
 from integrations.errors import InvalidPromptError
 
-from .clicks import ClickConfig, _clip_box, _dedupe, _mask_box, _with_margin, score_boxes
+from .clicks import ClickConfig, _clip_box, _dedupe, _mask_box, _mask_iou, _with_margin, score_boxes
 from .promptset import Box, Point, PromptSet, PromptSource
 
 
@@ -214,6 +214,9 @@ class ScribbleConfig:
     points_per_stroke: int = 3
     negative_points_per_stroke: int = 2
     use_mask_prompt: bool = False  # LiteMedSAM was trained without mask prompts: off unless it helps
+    # The learned proposal ranker (prompting/proposal_ranker.py) replaces the hand score for
+    # foreground-only strokes when the image is given to propose_from_scribbles; None = hand score.
+    ranker: str | None = "stroke"
     click: ClickConfig = ClickConfig()
 
 
@@ -230,11 +233,14 @@ def _medial_axis(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (sk if sk.any() else core), dt
 
 
-def stroke_fit(mask: np.ndarray, fg: np.ndarray, cfg: "ScribbleConfig") -> float:
-    """How plausible `mask` is as the structure the foreground strokes `fg` were drawn along."""
+def stroke_terms(mask: np.ndarray, fg: np.ndarray) -> dict[str, float] | None:
+    """The stroke-vs-mask measurements behind `stroke_fit` (None for an empty mask or stroke):
+    inside (fraction of stroke pixels in the mask), medial (mean distance of stroke pixels to the
+    mask's medial axis / its largest depth), depth (mean depth at the stroke / largest depth), extent
+    (99th percentile distance of mask pixels from the stroke / largest depth)."""
     ys, xs = np.nonzero(fg)
     if not mask.any() or len(xs) == 0:
-        return -1e9
+        return None
     rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
     pad = 2
     y0, y1 = max(0, min(rows[0], ys.min()) - pad), min(mask.shape[0], max(rows[-1], ys.max()) + pad + 1)
@@ -243,12 +249,19 @@ def stroke_fit(mask: np.ndarray, fg: np.ndarray, cfg: "ScribbleConfig") -> float
     sy, sx = ys - y0, xs - x0
     sk, dt = _medial_axis(m)
     top = max(float(dt.max()), 1.0)
-    inside = float(m[sy, sx].mean())
-    medial = float(ndi.distance_transform_edt(~sk)[sy, sx].mean()) / top
-    depth = float(dt[sy, sx].mean()) / top
-    extent = float(np.percentile(ndi.distance_transform_edt(~f)[m], 99)) / top
-    return (cfg.w_inside * (inside + (inside >= 0.98)) - cfg.w_medial * min(medial, 3.0) + cfg.w_depth * depth
-            - cfg.w_extent * min(extent, 5.0))
+    return {"inside": float(m[sy, sx].mean()),
+            "medial": min(float(ndi.distance_transform_edt(~sk)[sy, sx].mean()) / top, 3.0),
+            "depth": float(dt[sy, sx].mean()) / top,
+            "extent": min(float(np.percentile(ndi.distance_transform_edt(~f)[m], 99)) / top, 5.0)}
+
+
+def stroke_fit(mask: np.ndarray, fg: np.ndarray, cfg: "ScribbleConfig") -> float:
+    """How plausible `mask` is as the structure the foreground strokes `fg` were drawn along."""
+    t = stroke_terms(mask, fg)
+    if t is None:
+        return -1e9
+    return (cfg.w_inside * (t["inside"] + (t["inside"] >= 0.98)) - cfg.w_medial * t["medial"] + cfg.w_depth * t["depth"]
+            - cfg.w_extent * t["extent"])
 
 
 def _cut_by_box(mask: np.ndarray, box: np.ndarray) -> float:
@@ -274,20 +287,63 @@ def _stroke_proposals(fg: np.ndarray, shape: tuple[int, int], cfg: "ScribbleConf
     return _dedupe(out)
 
 
-def _best_for_strokes(segmenter, embedding, fg: np.ndarray, shape: tuple[int, int], cfg: "ScribbleConfig"):
-    """Foreground strokes only: proposals + their fixed-point refinements, in two batches, scored by `stroke_fit`."""
+def stroke_candidates(segmenter, embedding, fg: np.ndarray, shape: tuple[int, int], cfg: "ScribbleConfig") -> list:
+    """Foreground strokes only: proposals + their fixed-point refinements (two batches), hand-scored
+    (`stroke_fit` + box fit - cut by the box); `.refined` and `.neighbours` (IoU between a proposal
+    and its refinement) filled."""
     pts = _agreement_points(fg, np.zeros_like(fg))
     ccfg = replace(cfg.click, w_centrality=0.0, w_gap=0.0, w_neighbours=0.0, w_size=0.0)
     first = score_boxes(segmenter, embedding, _stroke_proposals(fg, shape, cfg), pts, ccfg)
-    refined_boxes = _dedupe([_with_margin(_mask_box(s.mask), cfg.refine_margin, shape) for s in first if s.mask.any()])
-    every = first + (score_boxes(segmenter, embedding, refined_boxes, pts, ccfg) if refined_boxes else [])
+    parents = [s for s in first if s.mask.any()]
+    refined = score_boxes(segmenter, embedding, [_with_margin(_mask_box(s.mask), cfg.refine_margin, shape) for s in parents],
+                          pts, ccfg) if parents else []
+    for r, parent in zip(refined, parents):
+        r.refined = True
+        r.neighbours = parent.neighbours = _mask_iou(r.mask, parent.mask)
+    every = first + refined
     for s in every:
+        s.terms = stroke_terms(s.mask, fg)
         s.score = stroke_fit(s.mask, fg, cfg) + cfg.w_fit * s.consistency - cfg.w_cut * _cut_by_box(s.mask, s.box)
+    return every
+
+
+def stroke_features(cands: Sequence, image01: np.ndarray, fg: np.ndarray) -> dict[str, np.ndarray]:
+    """The proposal ranker's feature table (prompting.proposal_ranker.STROKE_FEATURES) for stroke proposals."""
+    from .proposal_ranker import ImageContext, image_features, intensity_deviation, set_features
+
+    h, w = fg.shape
+    ctx = ImageContext.of(image01)
+    ys, xs = np.nonzero(fg)
+    idx = np.linspace(0, len(xs) - 1, min(64, len(xs))).round().astype(int) if len(xs) else np.zeros(0, int)
+    xy = np.stack([xs[idx], ys[idx]], 1).astype(np.float64) if len(xs) else np.zeros((0, 2))
+    rows = []
+    for s in cands:
+        t = getattr(s, "terms", None) or stroke_terms(s.mask, fg) or {"inside": 0.0, "medial": 3.0, "depth": 0.0, "extent": 5.0}
+        f = image_features(s.mask, s.box, ctx)
+        f.update(t, all_inside=float(t["inside"] >= 0.98), consistency=s.consistency, iou=s.iou,
+                 stability=s.stability, log_area=math.log((s.area + 1.0) / (h * w)), refined=float(s.refined),
+                 neighbours=s.neighbours, stroke_dev=intensity_deviation(s.mask, ctx, xy))
+        rows.append(f)
+    table = {k: np.array([r[k] for r in rows], np.float64) for k in rows[0]} if rows else {}
+    table.update(set_features([s.mask for s in cands]))
+    return table
+
+
+def _best_for_strokes(segmenter, embedding, fg: np.ndarray, shape: tuple[int, int], cfg: "ScribbleConfig",
+                      image01: np.ndarray | None = None):
+    """Foreground strokes only: the best of `stroke_candidates`, by the learned ranker when `cfg.ranker`
+    is set and the image is given, else by the hand score."""
+    every = stroke_candidates(segmenter, embedding, fg, shape, cfg)
+    if cfg.ranker and image01 is not None:
+        from .proposal_ranker import load_ranker
+
+        for s, v in zip(every, load_ranker(cfg.ranker).score(stroke_features(every, image01, fg))):
+            s.score = float(v)
     return max(every, key=lambda s: s.score), len(every)
 
 
 def propose_from_scribbles(segmenter, embedding, scribbles: Sequence[Scribble], box: Box | None = None,
-                           cfg: ScribbleConfig = ScribbleConfig()) -> PromptSet:
+                           cfg: ScribbleConfig = ScribbleConfig(), image01: np.ndarray | None = None) -> PromptSet:
     """Foreground/background strokes (and optionally a user box) -> one PromptSet.
 
     With foreground strokes only, boxes around the strokes (grown by several pixel and relative
@@ -297,6 +353,8 @@ def propose_from_scribbles(segmenter, embedding, scribbles: Sequence[Scribble], 
     to leave the background strokes out are scored by agreement with both.
     With a box, background strokes cut the box where they cross it (variants scored the same way) and
     become negative points.
+    `image01` (the slice the embedding came from) lets the learned proposal ranker look at the image
+    for foreground-only strokes; without it the hand score ranks.
     """
     shape = tuple(embedding.original_size)
     if not scribbles:
@@ -330,7 +388,7 @@ def propose_from_scribbles(segmenter, embedding, scribbles: Sequence[Scribble], 
         boxes = None
     mask_input = mask_prompt(segmenter, shape, fg, bg) if cfg.use_mask_prompt else None
     if boxes is None:
-        best, n_boxes = _best_for_strokes(segmenter, embedding, fg, shape, cfg)
+        best, n_boxes = _best_for_strokes(segmenter, embedding, fg, shape, cfg, image01)
         scored = [best]
     else:
         scored = score_boxes(segmenter, embedding, boxes, check_pts, cfg.click, mask_input=mask_input)

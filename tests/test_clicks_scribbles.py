@@ -230,3 +230,64 @@ def test_stroke_fit_prefers_the_structure_the_stroke_runs_along():
     cfg = ScribbleConfig()
     assert stroke_fit(bar, stroke, cfg) > stroke_fit(bigger, stroke, cfg)
     assert stroke_fit(bar, stroke, cfg) > stroke_fit(part, stroke, cfg)
+
+
+# -- learned proposal ranker (prompting/proposal_ranker.py) ----------------------------------------
+
+def test_bundled_rankers_load_and_match_the_feature_lists():
+    from prompting.proposal_ranker import CLICK_FEATURES, STROKE_FEATURES, load_ranker
+
+    for kind, names in (("click", CLICK_FEATURES), ("stroke", STROKE_FEATURES)):
+        r = load_ranker(kind)
+        assert r.features == names
+        assert len(r.weights) == len(names) and np.isfinite(r.weights).all() and min(r.scale) > 0
+        assert "disjoint" in r.trained_on
+    with pytest.raises(KeyError, match="no 'gaze' ranker"):
+        load_ranker("gaze")
+
+
+def _hand_candidate(mask, box, points):
+    """A click proposal with the hand-score fields computed as score_boxes does (no decoder)."""
+    from prompting.clicks import ClickConfig, _box_iou, _depth_stats, _mask_box, _points_agreement, _Scored
+
+    cfg = ClickConfig()
+    cen, gap, top = _depth_stats(mask, points)
+    fit = float(np.exp(-0.5 * (gap / (cfg.gap_px + cfg.gap_frac * top)) ** 2))
+    return _Scored(np.asarray(box, np.float32), mask, np.zeros((1, 256, 256), np.float32), 0.0, 0.9, 0.95,
+                   _box_iou(_mask_box(mask), np.asarray(box, np.float32)), _points_agreement(mask, points), cen,
+                   neighbours=0.8, depth_fit=fit, area=float(mask.sum()), gap=gap, top=top)
+
+
+def test_ranker_prefers_the_disc_over_an_enclosing_or_inner_mask():
+    """A bright disc on a mid-grey square on a dark background, clicked at its centre: the disc's own
+    mask must outrank the enclosing square and a smaller disc inside it (same decoder confidence)."""
+    from prompting.clicks import ClickConfig, click_features
+    from prompting.proposal_ranker import load_ranker
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:200, :200]
+    square = (np.abs(yy - 100) <= 60) & (np.abs(xx - 100) <= 60)
+    disc = (yy - 100) ** 2 + (xx - 100) ** 2 < 28 ** 2
+    inner = (yy - 100) ** 2 + (xx - 100) ** 2 < 14 ** 2
+    img = np.clip(0.05 + 0.4 * square + 0.45 * disc + rng.normal(0, 0.02, disc.shape), 0, 1).astype(np.float32)
+    pts = [Point(101.0, 99.0)]
+    cands = [_hand_candidate(disc, [70, 70, 130, 130], pts), _hand_candidate(square, [38, 38, 162, 162], pts),
+             _hand_candidate(inner, [85, 85, 115, 115], pts)]
+    table = click_features(cands, img, pts)
+    scores = load_ranker(ClickConfig().ranker).score(table)
+    assert scores[0] > scores[1] and scores[0] > scores[2], scores
+    assert np.array_equal(scores, load_ranker("click").score(click_features(cands, img, pts)))  # deterministic
+
+
+def test_click_proposal_with_the_ranker_is_deterministic_and_finds_the_disc(segmenter, disc):
+    img, mask, emb = disc
+    a = propose_from_points(segmenter, emb, img, [Point(118.0, 103.0)])
+    b = propose_from_points(segmenter, emb, img, [Point(118.0, 103.0)])
+    assert a.box == b.box
+    assert dice(segmenter.decode(emb, a).mask, mask) > 0.9
+
+
+def test_scribble_ranker_uses_the_image_and_finds_the_disc(segmenter, disc):
+    img, mask, emb = disc
+    ps = propose_from_scribbles(segmenter, emb, [Scribble.of([[100, 100], [120, 95], [140, 105]], width=3)], image01=img)
+    assert dice(segmenter.decode(emb, ps).mask, mask) > 0.9

@@ -1,0 +1,271 @@
+"""Fit the proposal ranker (prompting/proposal_ranker.py) on cases DISJOINT from bench/prompts.py's.
+
+    .venv/bin/python bench/train_ranker.py collect [--out /tmp/clinseg-ranker-A.npz] [--threads 1]
+    .venv/bin/python bench/train_ranker.py fit [--data /tmp/clinseg-ranker-A.npz] [--write]
+
+Training cases (never the benchmark's):
+  colin27   AAL regions on Colin27 axial slices 10 mm away from every slice bench/prompts.py uses
+            (the bench takes z = first + 5 + 20 k; these are z = first + 15 + 20 k), and the brain
+            mask on z = 50, 70, ..., 130 (the bench: 40, 60, ..., 140);
+  deformed  AAL regions and the brain mask of deformed Colin27 subjects (bench/deform.py, seeds 1, 2);
+  nuclei    stardist's 2D image, the nuclei that neither benchmark subset (offset 0 / 0.5, 10 cases)
+            uses, and stardist's OTHER image (img3d.tif, three z slices upsampled 4x) with its labels.
+For every case the simulated users of DESIGN.md (bench/simulated_users.py) make one click and one
+foreground stroke; every proposal the product decodes for them (prompting.clicks.click_candidates,
+prompting.scribbles.stroke_candidates) is stored with its feature vector and its Dice against the
+truth. `fit` fits a linear listwise ranker (softmax over a case's proposals against softmax(Dice / T)),
+reports the Dice of the proposal it picks per set with leave-one-set-out and 6-fold (by image)
+cross-validation next to the hand score and the oracle, and `--write` stores the coefficients fitted on everything into
+prompting/proposal_ranker.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from bench import simulated_users as su  # noqa: E402
+from bench.devdata import MRICRON, Case, nuclei_cases  # noqa: E402
+from integrations.metrics import dice  # noqa: E402
+from prompting.proposal_ranker import CLICK_FEATURES, STROKE_FEATURES, WEIGHTS_PATH  # noqa: E402
+
+KINDS = {"click": CLICK_FEATURES, "stroke": STROKE_FEATURES}
+
+
+# -- training cases --------------------------------------------------------------------------------
+
+def _spread(cases: list, n: int) -> list:
+    if len(cases) <= n:
+        return cases
+    return [cases[i] for i in np.linspace(0, len(cases) - 1, n).round().astype(int)]
+
+
+def _aal_slice_cases(t1: np.ndarray, aal: np.ndarray, z: int, group: str, names: dict, per_slice: int,
+                     min_px: int = 150) -> list[Case]:
+    labels, counts = np.unique(aal[z], return_counts=True)
+    cases = [Case(t1[z], aal[z] == lab, f"{names.get(int(lab), lab)}@{group}", group)
+             for lab, cnt in zip(labels, counts) if lab > 0 and cnt >= min_px]
+    return _spread(cases, per_slice)
+
+
+def colin27_training(per_slice: int) -> list[Case]:
+    import SimpleITK as sitk
+
+    from bench.devdata import aal_names
+
+    t1 = sitk.GetArrayFromImage(sitk.ReadImage(str(MRICRON / "ch2.nii.gz"))).astype(np.float32)
+    aal = sitk.GetArrayFromImage(sitk.ReadImage(str(MRICRON / "aal.nii.gz")))
+    bet = sitk.GetArrayFromImage(sitk.ReadImage(str(MRICRON / "ch2bet.nii.gz")))
+    names = aal_names()
+    zs = np.nonzero(aal.reshape(aal.shape[0], -1).any(1))[0]
+    out = []
+    # bench/devdata.aal_cases uses z = zs.min() + 5 + 20 k: these slices lie halfway between
+    for z in range(int(zs.min()) + 15, int(zs.max()), 20):
+        out += _aal_slice_cases(t1, aal, z, f"colin27-z{z}", names, per_slice)
+    out += [Case(t1[z], bet[z] > 0, f"brain@z{z}", f"colin27-z{z}") for z in (50, 70, 90, 110, 130)]
+    return out
+
+
+def deformed_training(seeds: tuple[int, ...], per_slice: int) -> list[Case]:
+    from bench.deform import deformed_subject
+
+    out = []
+    for seed in seeds:
+        s = deformed_subject(seed)
+        t1, aal, brain = s.t1.voxels.astype(np.float32), s.aal.voxels, s.brain.voxels
+        zs = np.nonzero(aal.reshape(aal.shape[0], -1).any(1))[0]
+        for k, z in enumerate(range(int(zs.min()) + 10 + 5 * seed, int(zs.max()) - 5, 25)):
+            g = f"deformed{seed}-z{z}"
+            out += _aal_slice_cases(t1, aal, z, g, s.names, per_slice)
+            if k % 2 == 0 and (brain[z] > 0).sum() > 500:
+                out.append(Case(t1[z], brain[z] > 0, f"brain@{g}", g))
+    return out
+
+
+def nuclei_training(n_2d: int, bench_max_cases: int = 10) -> list[Case]:
+    """Nuclei of stardist's 2D image that no bench subset uses, plus its other (3D) image's slices."""
+    import importlib.util
+
+    import tifffile
+    from scipy import ndimage as ndi
+
+    from bench.prompts import subsample
+
+    cases = nuclei_cases()
+    used = {c.name for off in (0.0, 0.5) for c in subsample(cases, bench_max_cases, off)}
+    free = [Case(c.image, c.mask, c.name, "stardist2d", "SM") for c in cases if c.name not in used]
+    out = _spread(free, n_2d)
+    folder = Path(importlib.util.find_spec("stardist").origin).parent / "data" / "images"
+    img3 = tifffile.imread(folder / "img3d.tif").astype(np.float32)
+    lab3 = tifffile.imread(folder / "mask3d.tif")
+    for z in (8, 15, 22):
+        img = ndi.zoom(img3[z], 4, order=1)
+        lab = ndi.zoom(lab3[z], 4, order=0)
+        ids, counts = np.unique(lab, return_counts=True)
+        out += [Case(img, lab == i, f"nucleus3d{i}@z{z}", f"stardist3d-z{z}", "SM")
+                for i, c in zip(ids, counts) if i > 0 and c >= 120]
+    return out
+
+
+def training_cases(per_slice: int = 6, n_2d: int = 40) -> dict[str, list[Case]]:
+    return {"colin27": colin27_training(per_slice), "deformed": deformed_training((1, 2), per_slice),
+            "nuclei": nuclei_training(n_2d)}
+
+
+# -- collection ------------------------------------------------------------------------------------
+
+def collect(args) -> None:
+    from integrations.windowing import apply_window, default_window, window_bounds
+    from models.cache import EmbeddingCache
+    from models.registry import build_segmenter
+    from prompting.clicks import ClickConfig, click_candidates, click_features
+    from prompting.scribbles import Scribble, ScribbleConfig, rasterize, stroke_candidates, stroke_features
+
+    seg = build_segmenter("litemedsam", cache=EmbeddingCache(disk_dir=args.cache_dir or None), num_threads=args.threads)
+    sets = training_cases(args.per_slice, args.nuclei)
+    rows = {k: {"X": [], "dice": [], "hand": [], "case": [], "set": []} for k in KINDS}
+    t0, case_id = time.perf_counter(), 0
+    for set_name, cases in sets.items():
+        rng = np.random.default_rng(args.seed)
+        images: dict[str, np.ndarray] = {}
+        for c in cases:
+            if c.group not in images:
+                images[c.group] = apply_window(c.image, window_bounds(default_window(c.modality), c.image)).astype(np.float32)
+            img = images[c.group]
+            emb = seg.embed(img)
+            pts = [su.click(c.mask, rng)]
+            cands = click_candidates(seg, emb, img, pts, ClickConfig(ranker=None))
+            _store(rows["click"], click_features(cands, img, pts), CLICK_FEATURES, cands, c.mask, case_id, set_name)
+            fg = rasterize([Scribble(su.scribble(c.mask, rng), 3.0, True)], c.mask.shape)
+            scands = stroke_candidates(seg, emb, fg, c.mask.shape, ScribbleConfig(ranker=None))
+            _store(rows["stroke"], stroke_features(scands, img, fg), STROKE_FEATURES, scands, c.mask, case_id, set_name)
+            case_id += 1
+        print(f"{set_name}: {len(cases)} cases, {len(images)} images, {time.perf_counter() - t0:.0f} s so far", flush=True)
+    out = {}
+    for kind, r in rows.items():
+        out.update({f"{kind}_X": np.concatenate(r["X"]), f"{kind}_dice": np.concatenate(r["dice"]),
+                    f"{kind}_hand": np.concatenate(r["hand"]), f"{kind}_case": np.concatenate(r["case"]),
+                    f"{kind}_set": np.concatenate(r["set"]), f"{kind}_features": np.array(KINDS[kind])})
+    np.savez_compressed(args.out, **out)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {len(v['X'])} cases" for k, v in rows.items()))
+
+
+def _store(r, table, names, cands, truth, case_id, set_name) -> None:
+    r["X"].append(np.stack([table[f] for f in names], 1))
+    r["dice"].append(np.array([dice(s.mask, truth) for s in cands]))
+    r["hand"].append(np.array([s.score for s in cands]))
+    r["case"].append(np.full(len(cands), case_id))
+    r["set"].append(np.array([set_name] * len(cands)))
+
+
+# -- fitting ---------------------------------------------------------------------------------------
+
+def fit_listwise(X: np.ndarray, d: np.ndarray, case: np.ndarray, temperature: float = 0.05, l2: float = 1.0):
+    """Linear weights w minimising sum over cases of cross-entropy(softmax(Dice / T), softmax(X w)) + l2 |w|^2
+    on standardised, clipped features; returns (mean, scale, w)."""
+    from scipy.optimize import minimize
+
+    mean, scale = X.mean(0), X.std(0)
+    scale = np.where(scale > 1e-9, scale, 1.0)
+    Z = np.clip((X - mean) / scale, -6, 6)
+    groups = [np.nonzero(case == c)[0] for c in np.unique(case)]
+    targets = []
+    for g in groups:
+        t = np.exp((d[g] - d[g].max()) / temperature)
+        targets.append(t / t.sum())
+
+    def loss(w):
+        total, grad = l2 * w @ w, 2 * l2 * w
+        for g, t in zip(groups, targets):
+            s = Z[g] @ w
+            s = s - s.max()
+            q = np.exp(s)
+            q /= q.sum()
+            total -= float(t @ np.log(q + 1e-12))
+            grad = grad + Z[g].T @ (q - t)
+        return total / len(groups), grad / len(groups)
+
+    res = minimize(loss, np.zeros(Z.shape[1]), jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    return mean, scale, res.x
+
+
+def picked(score: np.ndarray, d: np.ndarray, case: np.ndarray) -> np.ndarray:
+    """Dice of the top-scoring proposal of every case."""
+    return np.array([d[g][np.argmax(score[g])] for g in (np.nonzero(case == c)[0] for c in np.unique(case))])
+
+
+def fit(args) -> None:
+    data = np.load(args.data)
+    out = json.loads(WEIGHTS_PATH.read_text()) if WEIGHTS_PATH.exists() else {}
+    for kind in KINDS:
+        X, d, hand = data[f"{kind}_X"], data[f"{kind}_dice"], data[f"{kind}_hand"]
+        case, sets = data[f"{kind}_case"], data[f"{kind}_set"]
+        names = [str(n) for n in data[f"{kind}_features"]]
+        X = np.nan_to_num(X, nan=0.0, posinf=5.0, neginf=-5.0)
+        print(f"\n{kind} proposals: {len(np.unique(case))} cases, {len(d)} proposals; leave-one-set-out "
+              f"Dice of the picked proposal (T={args.temperature}, l2={args.l2})")
+        print(f"{'held-out set':<12}{'cases':>7}{'hand':>8}{'ranker':>8}{'oracle':>8}")
+        for s in np.unique(sets):
+            tr, te = sets != s, sets == s
+            mean, scale, w = fit_listwise(X[tr], d[tr], case[tr], args.temperature, args.l2)
+            sc = np.clip((X[te] - mean) / scale, -6, 6) @ w
+            print(f"{s:<12}{len(np.unique(case[te])):>7}{picked(hand[te], d[te], case[te]).mean():>8.3f}"
+                  f"{picked(sc, d[te], case[te]).mean():>8.3f}{picked(d[te], d[te], case[te]).mean():>8.3f}")
+        # k-fold over contiguous case ids (a case's image neighbours share a fold): every domain is
+        # seen in training, as for the bundled ranker, but never the held-out images
+        cv = np.zeros(len(d))
+        for fold in np.array_split(np.unique(case), args.folds):
+            te = np.isin(case, fold)
+            mean, scale, w = fit_listwise(X[~te], d[~te], case[~te], args.temperature, args.l2)
+            cv[te] = np.clip((X[te] - mean) / scale, -6, 6) @ w
+        print(f"{args.folds}-fold by image (same domains, other images):")
+        for s in np.unique(sets):
+            m = sets == s
+            print(f"{s:<12}{len(np.unique(case[m])):>7}{picked(hand[m], d[m], case[m]).mean():>8.3f}"
+                  f"{picked(cv[m], d[m], case[m]).mean():>8.3f}{picked(d[m], d[m], case[m]).mean():>8.3f}")
+        mean, scale, w = fit_listwise(X, d, case, args.temperature, args.l2)
+        sc = np.clip((X - mean) / scale, -6, 6) @ w
+        print(f"{'all (fit)':<12}{len(np.unique(case)):>7}{picked(hand, d, case).mean():>8.3f}"
+              f"{picked(sc, d, case).mean():>8.3f}{picked(d, d, case).mean():>8.3f}")
+        for n, v in sorted(zip(names, w), key=lambda t: -abs(t[1]))[:10]:
+            print(f"   {n:<16}{v:+.3f}")
+        out[kind] = {"features": names, "mean": [round(float(v), 6) for v in mean],
+                     "scale": [round(float(v), 6) for v in scale], "weights": [round(float(v), 6) for v in w],
+                     "trained_on": (f"bench/train_ranker.py: {len(np.unique(case))} cases disjoint from bench/prompts.py "
+                                    f"(sets {', '.join(str(s) for s in np.unique(sets))}); listwise softmax, "
+                                    f"T={args.temperature}, l2={args.l2}")}
+    if args.write:
+        WEIGHTS_PATH.write_text(json.dumps(out, indent=1) + "\n")
+        print(f"\nwrote {WEIGHTS_PATH}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("--out", default="/tmp/clinseg-ranker-A.npz")
+    c.add_argument("--cache-dir", default=os.environ.get("CLINSEG_BENCH_CACHE", "/tmp/clinseg-emb-A"))
+    c.add_argument("--threads", type=int, default=None)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--per-slice", type=int, default=6, help="AAL regions per training slice")
+    c.add_argument("--nuclei", type=int, default=40, help="nuclei of the 2D image (outside the bench's)")
+    f = sub.add_parser("fit")
+    f.add_argument("--data", default="/tmp/clinseg-ranker-A.npz")
+    f.add_argument("--temperature", type=float, default=0.05)
+    f.add_argument("--l2", type=float, default=0.01)
+    f.add_argument("--folds", type=int, default=6)
+    f.add_argument("--write", action="store_true", help="store the coefficients in prompting/proposal_ranker.json")
+    args = ap.parse_args()
+    collect(args) if args.cmd == "collect" else fit(args)
+
+
+if __name__ == "__main__":
+    main()
