@@ -291,3 +291,37 @@ def test_scribble_ranker_uses_the_image_and_finds_the_disc(segmenter, disc):
     img, mask, emb = disc
     ps = propose_from_scribbles(segmenter, emb, [Scribble.of([[100, 100], [120, 95], [140, 105]], width=3)], image01=img)
     assert dice(segmenter.decode(emb, ps).mask, mask) > 0.9
+
+
+def _disc_in_square():
+    """A small bright disc inside a large mid-grey square on a dark background: the disc is a part,
+    the square the whole (a parcel inside an organ)."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:220, :220]
+    square = (np.abs(yy - 110) <= 80) & (np.abs(xx - 110) <= 80)
+    disc = (yy - 80) ** 2 + (xx - 80) ** 2 < 16 ** 2
+    img = 0.05 + 0.45 * square + 0.45 * disc + rng.normal(0, 0.02, square.shape)
+    return np.clip(img, 0, 1).astype(np.float32), disc, square
+
+
+def test_a_positive_click_far_outside_the_result_may_grow_it_several_fold(segmenter):
+    """The result is the disc; the user clicks deep in the square, far from it: the correction must
+    be allowed to grow the mask to the square (the size check would keep it at the disc's size)."""
+    from dataclasses import replace
+
+    from prompting.clicks import ClickConfig
+
+    img, disc, square = _disc_in_square()
+    emb = segmenter.embed(img)
+    start = PromptSet(points=(Point(80.0, 80.0),), box=Box(60, 60, 100, 100, PromptSource.CLICK))
+    first = segmenter.decode(emb, start)
+    assert dice(first.mask, disc) > 0.8, "premise: the first result is the disc"
+    far = Point(150.0, 160.0)
+    grown = correct_with_click(segmenter, emb, start, first.low_res_logits, far, previous_mask=first.mask)
+    m = segmenter.decode(emb, grown).mask
+    assert m[160, 150] and m[80, 80] and m.sum() > 5 * first.mask.sum(), grown.notes[-1]
+    assert dice(m, square) > 0.8
+    # the old rule (size check for every correction) refuses the jump and keeps the box
+    kept = correct_with_click(segmenter, emb, start, first.low_res_logits, far, previous_mask=first.mask,
+                              cfg=replace(ClickConfig(), far_click_radii=None))
+    assert kept.box == start.box and "box kept" in kept.notes[-1]
