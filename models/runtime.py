@@ -107,7 +107,7 @@ class OnnxRuntime:
 
     name = "onnx"
 
-    def __init__(self, folder: Path, sam: Sam, threads: int | None = None):
+    def __init__(self, folder: Path, sam: Sam, threads: int | None = None, load_encoder: bool = True):
         import onnxruntime as ort
 
         self.folder = Path(folder)
@@ -118,7 +118,7 @@ class OnnxRuntime:
             def session(name):
                 return ort.InferenceSession(str(self.folder / name), so, providers=["CPUExecutionProvider"])
 
-            self.encoder = session(m.encoder)
+            self.encoder = session(m.encoder) if load_encoder else None  # None: another runtime encodes
             self.decoder = session(m.decoder)  # prompts with a previous mask
             self.decoder_prep = session(m.decoder_prep)  # image-only part, once per embedding
             self.decoder_nomask = session(m.decoder_nomask)  # every other prompt
@@ -151,6 +151,7 @@ class OnnxRuntime:
 
     # Embeddings are computed in fp32: the cache key needs no precision tag (see OpenVinoRuntime).
     encoder_tag = ""
+    encoder_check = ""  # validate_onnx's finding on a reduced-precision encoder, for the report
 
     def new_run_options(self):
         """A token `encode` honours: setting `.terminate` abandons the slice in flight."""
@@ -206,7 +207,7 @@ class OpenVinoRuntime(OnnxRuntime):
     def __init__(self, folder: Path, sam: Sam, threads: int | None = None, precision: str = "auto"):
         from . import openvino_runtime as ovr
 
-        super().__init__(folder, sam, threads)
+        super().__init__(folder, sam, threads, load_encoder=False)
         self.precision = ovr.resolve_precision(precision)
         # bf16 embeddings differ from fp32 ones (cosine ~0.999): their cache entries must not mix
         self.encoder_tag = "" if self.precision == "f32" else self.precision
@@ -349,7 +350,7 @@ def attach_runtime(segmenter, requested: str = "auto", export_root=None, threads
                 why_not_openvino = f"OpenVINO encoder not used: {e}"
             else:
                 segmenter.runtime = rt
-                enc = getattr(rt, "encoder_check", "") or f"max abs diff encoder {enc_diff:.1e}"
+                enc = rt.encoder_check or f"max abs diff encoder {enc_diff:.1e}"
                 return done("openvino", f"OpenVINO encoder ({rt.precision}) + ONNX Runtime decoder, validated against PyTorch "
                             f"({enc}; decoder max abs diff {dec_diff:.1e})", export_dir=str(folder),
                             encoder_max_abs=enc_diff, decoder_max_abs=dec_diff, precision=rt.precision)

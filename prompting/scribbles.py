@@ -21,6 +21,7 @@ from integrations.errors import InvalidPromptError
 
 from .clicks import ClickConfig, _clip_box, _dedupe, _mask_box, _mask_iou, _with_margin, score_boxes
 from .promptset import Box, Point, PromptSet, PromptSource
+from .proposal_ranker import cut_by_box
 
 
 @dataclass(frozen=True)
@@ -264,18 +265,6 @@ def stroke_fit(mask: np.ndarray, fg: np.ndarray, cfg: "ScribbleConfig") -> float
             - cfg.w_extent * t["extent"])
 
 
-def _cut_by_box(mask: np.ndarray, box: np.ndarray) -> float:
-    """Fraction of the box's border pixels (inside the image) that the mask covers."""
-    h, w = mask.shape
-    x0, y0 = int(np.clip(round(float(box[0])), 0, w - 1)), int(np.clip(round(float(box[1])), 0, h - 1))
-    x1, y1 = int(np.clip(round(float(box[2])), 0, w - 1)), int(np.clip(round(float(box[3])), 0, h - 1))
-    # a side on the image's edge does not count: a structure may end at the edge
-    sides = [mask[y0, x0:x1 + 1] if y0 > 0 else None, mask[y1, x0:x1 + 1] if y1 < h - 1 else None,
-             mask[y0:y1 + 1, x0] if x0 > 0 else None, mask[y0:y1 + 1, x1] if x1 < w - 1 else None]
-    border = np.concatenate([b for b in sides if b is not None] or [np.zeros(0, bool)])
-    return float(border.mean()) if border.size else 0.0
-
-
 def _stroke_proposals(fg: np.ndarray, shape: tuple[int, int], cfg: "ScribbleConfig") -> list[np.ndarray]:
     ys, xs = np.nonzero(fg)
     ext = max(float(np.ptp(xs)), float(np.ptp(ys))) + 1
@@ -303,7 +292,7 @@ def stroke_candidates(segmenter, embedding, fg: np.ndarray, shape: tuple[int, in
     every = first + refined
     for s in every:
         s.terms = stroke_terms(s.mask, fg)
-        s.score = stroke_fit(s.mask, fg, cfg) + cfg.w_fit * s.consistency - cfg.w_cut * _cut_by_box(s.mask, s.box)
+        s.score = stroke_fit(s.mask, fg, cfg) + cfg.w_fit * s.consistency - cfg.w_cut * cut_by_box(s.mask, s.box)
     return every
 
 
