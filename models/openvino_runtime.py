@@ -16,6 +16,7 @@ Nothing here reaches the network: `Core.read_model` / `compile_model` read the l
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,10 @@ def openvino_available() -> bool:
     return True
 
 
+@lru_cache(maxsize=1)
 def native_bf16() -> bool:
-    """True when OpenVINO's CPU plugin reports native bfloat16 (AVX512-BF16 or AMX) on this CPU."""
+    """True when OpenVINO's CPU plugin reports native bfloat16 (AVX512-BF16 or AMX) on this CPU
+    (asked once per process: the CPU does not change)."""
     import openvino as ov
 
     try:

@@ -3,8 +3,8 @@
 The encoder is the slow step (~0.3 s a slice with OpenVINO bf16, ~0.7 s with ONNX Runtime, ~1.4 s
 with PyTorch on a laptop CPU), so while the user looks at slice z a worker thread embeds z first,
 then z+1, z-1, z+2, ... When the user moves, the order is recomputed around the new slice; with
-ONNX Runtime or OpenVINO the slice in flight is even interrupted if the user jumped to one that is not ready, so the UI waits only for
-the slice it shows. Embeddings go to an `EmbeddingCache` (pass one with `disk_dir=` for float16
+ONNX Runtime or OpenVINO the slice in flight is even interrupted if the user jumped to one that is
+not ready, so the UI waits only for the slice it shows. Embeddings go to an `EmbeddingCache` (pass one with `disk_dir=` for float16
 files keyed by content): an app restart on the same study finds them again.
 
     pre = VolumePrecomputer.for_volume(segmenter, volume, window="brain", focus=z).start()

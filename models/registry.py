@@ -86,14 +86,15 @@ def resolve_checkpoint(spec: BackendSpec, checkpoint: str | os.PathLike | None) 
 
 def build_segmenter(name: str = "litemedsam", checkpoint: str | os.PathLike | None = None,
                     cache: EmbeddingCache | None = None, preprocessing: Preprocessing | None = None,
-                    num_threads: int | None = None, runtime: str = "auto", precision: str | None = None) -> SamSegmenter:
+                    num_threads: int | None = None, runtime: str = "auto",
+                    precision: str | None = None) -> SamSegmenter:
     """Build a backend with its weights loaded strictly. Never downloads anything.
 
     runtime: "torch" (PyTorch eager), "onnx" (ONNX Runtime; exports first if needed), "openvino"
     (the exported encoder on OpenVINO, in `precision` f32 or bf16; "auto", the default unless
-    $CLINSEG_ENCODER_PRECISION says otherwise, = bf16 where the CPU has it natively) or "auto" (OpenVINO, else ONNX Runtime, when a validated export exists, else
-    PyTorch); see models/runtime.py. The active runtime and the reason for it are in
-    `segmenter.runtime_report`."""
+    $CLINSEG_ENCODER_PRECISION says otherwise, = bf16 where the CPU has it natively) or "auto"
+    (OpenVINO, else ONNX Runtime, when a validated export exists, else PyTorch); see
+    models/runtime.py. The active runtime and the reason for it are in `segmenter.runtime_report`."""
     if name not in BACKENDS:
         raise ModelWeightsError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
     spec = BACKENDS[name]
@@ -115,5 +116,6 @@ def build_segmenter(name: str = "litemedsam", checkpoint: str | os.PathLike | No
     segmenter = SamSegmenter(name, sam, pre, cache=cache, version=f"{name}:{pre.describe()}")
     from .runtime import attach_runtime
 
-    attach_runtime(segmenter, runtime, threads=num_threads, precision=precision or os.environ.get(PRECISION_ENV, "auto"))
+    attach_runtime(segmenter, runtime, threads=num_threads,
+                   precision=precision or os.environ.get(PRECISION_ENV, "auto"))
     return segmenter

@@ -28,28 +28,28 @@ def export_root(tmp_path_factory, segmenter):
     return root
 
 
+def _on(segmenter, runtime: str, export_root=None) -> SamSegmenter:
+    """A twin of `segmenter` on `runtime`, which must be the one that becomes active."""
+    seg = _twin(segmenter)
+    rep = attach_runtime(seg, runtime, export_root=export_root)
+    assert rep.active == runtime, rep.reason
+    return seg
+
+
 @pytest.fixture(scope="session")
 def torch_seg(segmenter):
-    seg = _twin(segmenter)
-    assert attach_runtime(seg, "torch").active == "torch"
-    return seg
+    return _on(segmenter, "torch")
 
 
 @pytest.fixture(scope="session")
 def onnx_seg(segmenter, export_root):
-    seg = _twin(segmenter)
-    rep = attach_runtime(seg, "onnx", export_root=export_root)
-    assert rep.active == "onnx", rep.reason
-    return seg
+    return _on(segmenter, "onnx", export_root)
 
 
 @pytest.fixture(scope="session")
 def openvino_seg(segmenter, export_root):
     """OpenVINO's encoder at the precision `auto` picks on this CPU (bf16 where it is native)."""
-    seg = _twin(segmenter)
-    rep = attach_runtime(seg, "openvino", export_root=export_root)
-    assert rep.active == "openvino", rep.reason
-    return seg
+    return _on(segmenter, "openvino", export_root)
 
 
 @pytest.fixture(scope="session")
