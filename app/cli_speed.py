@@ -51,7 +51,8 @@ def cmd_export_onnx(args) -> int:
         return 1
     # what `auto` will use from now on: OpenVINO's encoder on the same graph, when it validates
     fast = attach_runtime(seg, "auto", export_root=args.out)
-    out.update(default_runtime=fast.active, default_reason=fast.reason, encoder_precision=fast.precision)
+    out.update(default_runtime=fast.active, default_reason=fast.reason, encoder_precision=fast.precision,
+               decoder_runtime=fast.decoder_runtime, decoder_precision=fast.decoder_precision)
     print(json.dumps(out))
     return 0
 

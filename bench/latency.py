@@ -182,7 +182,7 @@ def main() -> None:
     load_avg = os.getloadavg()
     eager, onnx, default = clinseg_segmenters()
     rep = default.runtime_report
-    print(f"clinseg default runtime: {rep.active}, encoder {rep.precision} ({rep.reason})")
+    print(f"clinseg default runtime: {rep.active}, encoder {rep.precision}, decoder {rep.decoder_runtime} {rep.decoder_precision} ({rep.reason})")
     ref = load_reference()
     vol, img = real_slice()
     x = default.model_input(img)
@@ -281,7 +281,7 @@ def main() -> None:
         deltas.append(d - e)
         print(f"{'Dice ' + k:34s} {d:10.4f} {e:12.4f}   delta {d - e:+.4f}")
     dice_delta = max((abs(v) for v in deltas), default=float("nan"))
-    print(f"runtime: {rep.active}, encoder {rep.precision}; targets: encode <= 500 ms and >= 2.7x eager, decode <= 15 ms, cycle <= 100 ms, |dice delta| < 0.005")
+    print(f"runtime: {rep.active}, encoder {rep.precision}, decoder {rep.decoder_runtime} {rep.decoder_precision}; targets: encode <= 500 ms and >= 2.7x eager, decode <= 15 ms, cycle <= 100 ms, |dice delta| < 0.005")
     print(f"RESULT encode_ms={enc_d:.1f} encode_ref_ms={enc_r:.1f} encode_eager_ms={enc_e:.1f} encode_onnx_ms={enc_o:.1f} decode_ms={dec_d:.2f} "
           f"decode_first_ms={med(d_first):.2f} decode_ref_ms={dec_r:.2f} peak_mb={peak_mb:.0f} peak_ref_mb={peak_ref_mb:.0f} cycle_ms={med(cyc):.2f} "
           f"volume_embed_s={volume_embed_s:.1f} dice_delta={dice_delta:.4f}")

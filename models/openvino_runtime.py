@@ -1,4 +1,4 @@
-"""OpenVINO for the image encoder: the same exported ONNX graph, compiled by OpenVINO for this CPU.
+"""OpenVINO for the exported graphs: the same ONNX files, compiled by OpenVINO for this CPU.
 
 Why: the encoder is the one slow step. On this project's 2-core machine ONNX Runtime runs it at
 ~0.5 s (its matrix products already near the fp32 limit); OpenVINO's CPU plugin compiles the same
@@ -7,8 +7,13 @@ Why: the encoder is the one slow step. On this project's 2-core machine ONNX Run
 bf16 changes the embedding (cosine ~0.999 to fp32), so it is used only where the CPU has it, only
 after the probe check below, and its Dice on the dev sets is measured by bench/latency.py.
 
-The prompt encoder + mask decoder stay on ONNX Runtime (`OnnxRuntime`, fp32): measured faster
-there than on OpenVINO f32, and the per-prompt path keeps exact fp32 numerics.
+The prompt encoder + mask decoder graphs run on OpenVINO too, at the same precision: bf16 on AMX
+takes a box prompt from ~25 ms (ONNX Runtime fp32) to ~12 ms on 2 cores, f32 to ~21 ms. Three
+things make that gain (each measured, docs/speed.md): the image->token softmax laid out with the
+4096 image tokens as its inner axis (onnx_export._HeadAttention), OpenVINO's "snippets" fusion
+switched off for these graphs (it ran the attention's softmax + product in AVX-512 code instead
+of the AMX matrix kernels: 2.1 ms instead of 0.4 ms per product), and the per-slice inputs passed
+without a copy (`share_inputs`: ~10 MB per prompt otherwise).
 
 Nothing here reaches the network: `Core.read_model` / `compile_model` read the local export.
 (OpenVINO's telemetry lives in its model-conversion tools, `openvino.tools.ovc`, never imported.)
@@ -69,21 +74,22 @@ class EncoderInterrupted(RuntimeError):
     """The encode was cancelled through its CancelToken."""
 
 
-class OpenVinoEncoder:
-    """`encoder.onnx` compiled by OpenVINO for one latency-bound stream on `threads` cores."""
+class OpenVinoGraph:
+    """One exported graph compiled by OpenVINO for one latency-bound stream on `threads` cores."""
 
-    POLL_S = 0.02  # how often a running encode checks its cancel token
-
-    def __init__(self, onnx_path: Path, threads: int, precision: str):
+    def __init__(self, onnx_path: Path, threads: int, precision: str, fuse_snippets: bool = True):
         import openvino as ov
 
         self.precision = precision
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": int(threads),
                   "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        if not fuse_snippets:
+            config["SNIPPETS_MODE"] = "DISABLE"
         self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
-        self._output = self.compiled.output(0)
-        # one request per calling thread: the UI thread and the precompute worker may encode at once
+        self.outputs = list(self.compiled.outputs)
+        # one request per calling thread: the UI thread, the precompute worker and a batch job
+        # may run the same graph at once, and an infer request serves one call at a time
         self._local = threading.local()
 
     def _request(self):
@@ -91,6 +97,23 @@ class OpenVinoEncoder:
         if req is None:
             req = self._local.request = self.compiled.create_infer_request()
         return req
+
+    def run(self, feeds: dict) -> list[np.ndarray]:
+        """Outputs in graph order, copied out of the request. The inputs (C-contiguous float32)
+        are read in place, not copied (a slice's decoder_prep outputs are ~10 MB): the caller
+        must not modify them during the call."""
+        out = self._request().infer(feeds, share_inputs=True)
+        return [out[o] for o in self.outputs]
+
+
+class OpenVinoEncoder(OpenVinoGraph):
+    """`encoder.onnx` on OpenVINO, cancellable mid-slice."""
+
+    POLL_S = 0.02  # how often a running encode checks its cancel token
+
+    def __init__(self, onnx_path: Path, threads: int, precision: str):
+        super().__init__(onnx_path, threads, precision)
+        self._output = self.outputs[0]
 
     def __call__(self, x: np.ndarray, cancel: CancelToken | None = None) -> np.ndarray:
         req = self._request()

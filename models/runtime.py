@@ -1,7 +1,9 @@
-"""Inference runtimes for a SAM-family segmenter: PyTorch eager (the reference) or ONNX Runtime.
+"""Inference runtimes for a SAM-family segmenter: PyTorch eager (the reference), ONNX Runtime, or
+OpenVINO (the same exported graphs).
 
 ONNX Runtime runs the LiteMedSAM encoder ~2x faster than PyTorch eager on a laptop CPU with the
-same outputs (max abs diff ~1e-6). It is used only after its export has been validated against
+same outputs (max abs diff ~1e-6); OpenVINO, in bf16 where the CPU has it natively, ~4.5x, and
+the decoder ~2x faster than ONNX Runtime. An export is used only after it has been validated against
 PyTorch for the weights actually loaded; otherwise the segmenter stays on PyTorch and says why in
 `segmenter.runtime_report` (the app and `clinseg` show it), never silently.
 
@@ -39,7 +41,12 @@ DECODER_TOL = 1e-2
 # wrong or perturbed graph falls far below both.
 REDUCED_MIN_COSINE = 0.98
 REDUCED_MIN_MASK_IOU = 0.85
+# A bf16 decoder (OpenVinoRuntime) on the fp32 probe embedding: every mask token's probe mask IoU
+# 0.992-0.998 with PyTorch's, predicted IoU within 0.003 (measured); a perturbed graph falls far below.
+REDUCED_DECODER_MIN_MASK_IOU = 0.97
+REDUCED_DECODER_MAX_IOU_DIFF = 0.02
 PREP_CACHE_SIZE = 4  # embeddings whose decoder_prep outputs are kept (OnnxRuntime.prepared)
+DECODE_CHUNK = 16  # prompts per decoder call (OnnxRuntime.decode_all)
 
 
 class OnnxValidationError(RuntimeError):
@@ -48,14 +55,16 @@ class OnnxValidationError(RuntimeError):
 
 @dataclass
 class RuntimeReport:
-    requested: str  # auto | torch | onnx
-    active: str  # torch | onnx
+    requested: str  # auto | torch | onnx | openvino
+    active: str  # torch | onnx | openvino (of the encoder)
     reason: str  # one line a clinician-facing UI can show
     export_dir: str | None = None
     encoder_max_abs: float | None = None
     decoder_max_abs: float | None = None
     load_s: float = 0.0
     precision: str = "f32"  # of the encoder: f32, or bf16 (OpenVINO on a CPU with native bf16)
+    decoder_runtime: str = "torch"  # torch | onnx | openvino: OpenVINO's encoder may run with ONNX Runtime's decoders
+    decoder_precision: str = "f32"
 
     @property
     def fell_back(self) -> bool:
@@ -107,21 +116,25 @@ class OnnxRuntime:
 
     name = "onnx"
 
-    def __init__(self, folder: Path, sam: Sam, threads: int | None = None, load_encoder: bool = True):
+    def __init__(self, folder: Path, sam: Sam, threads: int | None = None, load_encoder: bool = True,
+                 load_decoders: bool = True):
         import onnxruntime as ort
 
         self.folder = Path(folder)
         self.manifest = ox.ExportManifest.read(self.folder)
         so = session_options(threads)
         m = self.manifest
+        self.encoder = self.decoder = self.decoder_prep = self.decoder_nomask = None  # None: another runtime runs it
         try:
             def session(name):
                 return ort.InferenceSession(str(self.folder / name), so, providers=["CPUExecutionProvider"])
 
-            self.encoder = session(m.encoder) if load_encoder else None  # None: another runtime encodes
-            self.decoder = session(m.decoder)  # prompts with a previous mask
-            self.decoder_prep = session(m.decoder_prep)  # image-only part, once per embedding
-            self.decoder_nomask = session(m.decoder_nomask)  # every other prompt
+            if load_encoder:
+                self.encoder = session(m.encoder)
+            if load_decoders:
+                self.decoder = session(m.decoder)  # prompts with a previous mask
+                self.decoder_prep = session(m.decoder_prep)  # image-only part, once per embedding
+                self.decoder_nomask = session(m.decoder_nomask)  # every other prompt
         except Exception as e:  # onnxruntime raises its own pybind exception types
             raise OnnxValidationError(f"ONNX graph in {self.folder} does not load ({type(e).__name__}: {str(e)[:200]})") from e
         self.fallback = TorchRuntime(sam)  # for the one prompt layout the graph cannot express
@@ -131,8 +144,20 @@ class OnnxRuntime:
         self._prep: OrderedDict[int, tuple] = OrderedDict()
         self._prep_lock = threading.Lock()
 
-    def prepared(self, features: torch.Tensor) -> list[np.ndarray]:
-        """decoder_prep outputs for this embedding, computed on its first prompt and then reused.
+    # The three decoder graphs; OpenVinoRuntime runs the same graphs on OpenVINO.
+    def _run_prep(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.decoder_prep.run(None, {"image_embeddings": x})
+
+    def _run_nomask(self, prep: dict, prompts: dict) -> list[np.ndarray]:
+        """prep: the slice's decoder_prep outputs by name (the same dict object for every prompt on
+        that slice); prompts: point_coords, point_labels."""
+        return self.decoder_nomask.run(None, {**prep, **prompts})
+
+    def _run_mask(self, feeds: dict) -> list[np.ndarray]:
+        return self.decoder.run(None, feeds)
+
+    def prepared(self, features: torch.Tensor) -> dict[str, np.ndarray]:
+        """decoder_prep outputs by name for this embedding, computed on its first prompt and then reused.
         Keyed by the tensor object (checked through a weak reference, so a freed tensor whose id
         is recycled never hits), not by content: an embedding is never modified in place."""
         k = id(features)
@@ -142,7 +167,7 @@ class OnnxRuntime:
                 self._prep.move_to_end(k)
                 return hit[1]
         x = np.ascontiguousarray(features.detach().cpu().numpy(), dtype=np.float32)
-        outs = self.decoder_prep.run(None, {"image_embeddings": x})
+        outs = {name: np.ascontiguousarray(o, dtype=np.float32) for name, o in zip(ox.PREP_OUTPUTS, self._run_prep(x))}
         with self._prep_lock:
             self._prep[k] = (weakref.ref(features), outs)
             while len(self._prep) > PREP_CACHE_SIZE:
@@ -152,6 +177,8 @@ class OnnxRuntime:
     # Embeddings are computed in fp32: the cache key needs no precision tag (see OpenVinoRuntime).
     encoder_tag = ""
     encoder_check = ""  # validate_onnx's finding on a reduced-precision encoder, for the report
+    decoder_check = ""  # the same for a reduced-precision decoder
+    decoder_precision = "f32"
 
     def new_run_options(self):
         """A token `encode` honours: setting `.terminate` abandons the slice in flight."""
@@ -182,41 +209,64 @@ class OnnxRuntime:
             parts_l.append(-np.ones((b, 1), np.float32))
         coords = np.ascontiguousarray(np.concatenate(parts_c, axis=1))
         labels = np.ascontiguousarray(np.concatenate(parts_l, axis=1))
+        # Batches run DECODE_CHUNK prompts at a time: every prompt carries its own copies of the
+        # image tokens (4 MB) and upscaled features (8 MB) through the graph, so an unbounded batch
+        # (a click's ~60 proposals) would hold ~1 GB; per-prompt time is flat beyond ~8 prompts.
+        chunks = range(0, b, DECODE_CHUNK)
         if masks is None:
-            keys0, t2i_k, t2i_v, i2t_q = self.prepared(features)
-            low_res, iou = self.decoder_nomask.run(None, {
-                "keys0": keys0, "t2i_k": t2i_k, "t2i_v": t2i_v, "i2t_q": i2t_q,
-                "point_coords": coords, "point_labels": labels})
-            return torch.from_numpy(low_res), torch.from_numpy(iou)
-        feeds = {
-            "image_embeddings": np.ascontiguousarray(features.detach().cpu().numpy(), dtype=np.float32),
-            "point_coords": coords,
-            "point_labels": labels,
-            "mask_input": np.ascontiguousarray(masks.numpy(), dtype=np.float32),
-        }
-        low_res, iou = self.decoder.run(None, feeds)
-        return torch.from_numpy(low_res), torch.from_numpy(iou)
+            prep = self.prepared(features)
+            outs = [self._run_nomask(prep, {"point_coords": coords[i : i + DECODE_CHUNK],
+                                            "point_labels": labels[i : i + DECODE_CHUNK]}) for i in chunks]
+        else:
+            emb = np.ascontiguousarray(features.detach().cpu().numpy(), dtype=np.float32)
+            mask_in = np.ascontiguousarray(masks.numpy(), dtype=np.float32)
+            outs = [self._run_mask({"image_embeddings": emb, "point_coords": coords[i : i + DECODE_CHUNK],
+                                    "point_labels": labels[i : i + DECODE_CHUNK],
+                                    "mask_input": mask_in[i : i + DECODE_CHUNK]}) for i in chunks]
+        if len(outs) == 1:
+            return torch.from_numpy(outs[0][0]), torch.from_numpy(outs[0][1])
+        return (torch.from_numpy(np.concatenate([o[0] for o in outs])),
+                torch.from_numpy(np.concatenate([o[1] for o in outs])))
 
 
 class OpenVinoRuntime(OnnxRuntime):
-    """The export's encoder compiled by OpenVINO (f32, or bf16 where the CPU has it natively); the
-    decoders stay on ONNX Runtime (models/openvino_runtime.py says why)."""
+    """The export's graphs compiled by OpenVINO, in f32 or in bf16 where the CPU has it natively
+    (models/openvino_runtime.py says why). decoders="onnx": the decoders on ONNX Runtime fp32
+    instead (what attach_runtime falls back to when OpenVINO's decoders fail validation)."""
 
     name = "openvino"
 
-    def __init__(self, folder: Path, sam: Sam, threads: int | None = None, precision: str = "auto"):
+    def __init__(self, folder: Path, sam: Sam, threads: int | None = None, precision: str = "auto",
+                 decoders: str = "openvino"):
         from . import openvino_runtime as ovr
 
-        super().__init__(folder, sam, threads, load_encoder=False)
+        if decoders not in ("openvino", "onnx"):
+            raise ValueError(f"decoders must be 'openvino' or 'onnx', not {decoders!r}")
+        super().__init__(folder, sam, threads, load_encoder=False, load_decoders=decoders == "onnx")
         self.precision = ovr.resolve_precision(precision)
+        self.decoder_runtime = decoders
+        self.decoder_precision = self.precision if decoders == "openvino" else "f32"
         # bf16 embeddings differ from fp32 ones (cosine ~0.999): their cache entries must not mix
         self.encoder_tag = "" if self.precision == "f32" else self.precision
+        n = int(threads or torch.get_num_threads())
+        m = self.manifest
+        path = self.folder / m.encoder
         try:
-            self.ov_encoder = ovr.OpenVinoEncoder(self.folder / self.manifest.encoder,
-                                                  int(threads or torch.get_num_threads()), self.precision)
+            self.ov_encoder = ovr.OpenVinoEncoder(path, n, self.precision)
+            if decoders == "openvino":
+                graphs = []
+                for name in (m.decoder_prep, m.decoder_nomask, m.decoder):
+                    path = self.folder / name
+                    graphs.append(ovr.OpenVinoGraph(path, n, self.precision, fuse_snippets=False))
+                self.ov_prep, self.ov_nomask, self.ov_mask = graphs
         except Exception as e:  # OpenVINO raises its own RuntimeError subclasses for unreadable graphs
-            raise OnnxValidationError(f"OpenVINO cannot compile {self.folder / self.manifest.encoder} "
-                                      f"({type(e).__name__}: {str(e)[:200]})") from e
+            raise OnnxValidationError(f"OpenVINO cannot compile {path} ({type(e).__name__}: {str(e)[:200]})") from e
+
+    @property
+    def description(self) -> str:
+        dec = (f"OpenVINO decoder ({self.decoder_precision})" if self.decoder_runtime == "openvino"
+               else "ONNX Runtime decoder")
+        return f"OpenVINO encoder ({self.precision}) + {dec}"
 
     def new_run_options(self):
         from .openvino_runtime import CancelToken
@@ -227,6 +277,21 @@ class OpenVinoRuntime(OnnxRuntime):
         from .openvino_runtime import encode_batch
 
         return encode_batch(self.ov_encoder, batch, run_options)
+
+    def _run_prep(self, x: np.ndarray) -> list[np.ndarray]:
+        if self.decoder_runtime == "onnx":
+            return super()._run_prep(x)
+        return self.ov_prep.run({"image_embeddings": x})
+
+    def _run_nomask(self, prep: dict, prompts: dict) -> list[np.ndarray]:
+        if self.decoder_runtime == "onnx":
+            return super()._run_nomask(prep, prompts)
+        return self.ov_nomask.run({**prep, **prompts})
+
+    def _run_mask(self, feeds: dict) -> list[np.ndarray]:
+        if self.decoder_runtime == "onnx":
+            return super()._run_mask(feeds)
+        return self.ov_mask.run(feeds)
 
 
 def _max_diff(a, b) -> float:
@@ -267,14 +332,34 @@ def validate_onnx(rt: OnnxRuntime, segmenter) -> tuple[float, float]:
         raise OnnxValidationError(f"encoder differs from PyTorch by {enc_diff:.3g} (> {ENCODER_TOL:g})")
     features = torch.from_numpy(ref["embedding"])
     want = torch_rt.decode_all(features, points, boxes, None)
-    dec_diff = _max_diff(rt.decode_all(features, points, boxes, None), want)  # prep + no-mask graphs
-    # the full graph, with a previous mask: PyTorch's own probe logits fed back
+    # the prep + no-mask graphs; then the full graph, with a previous mask (PyTorch's probe logits)
     mask = want[0][:, :1].contiguous()
-    dec_diff = max(dec_diff, _max_diff(rt.decode_all(features, points, boxes, mask),
-                                       torch_rt.decode_all(features, points, boxes, mask)))
-    if not np.isfinite(dec_diff) or dec_diff > DECODER_TOL:
+    pairs = [(rt.decode_all(features, points, boxes, None), want),
+             (rt.decode_all(features, points, boxes, mask), torch_rt.decode_all(features, points, boxes, mask))]
+    dec_diff = max(_max_diff(got, w) for got, w in pairs)
+    if getattr(rt, "decoder_precision", "f32") != "f32":
+        iou = min(_check_reduced_decoder(got, w) for got, w in pairs)
+        rt.decoder_check = f"{rt.decoder_precision} decoder: probe mask IoU {iou:.3f}"
+    elif not np.isfinite(dec_diff) or dec_diff > DECODER_TOL:
         raise OnnxValidationError(f"decoder differs from PyTorch by {dec_diff:.3g} (> {DECODER_TOL:g})")
     return enc_diff, dec_diff
+
+
+def _check_reduced_decoder(got, want) -> float:
+    """A bf16 decoder moves logits by ~0.3 (of |logits| up to ~30), so it cannot meet DECODER_TOL;
+    what must hold is every mask token's mask and the predicted IoU the candidates are ranked by.
+    Returns the smallest mask IoU over the tokens."""
+    a, b = got[0].numpy() > 0, want[0].numpy() > 0
+    inter = (a & b).sum(axis=(-2, -1))
+    union = np.maximum((a | b).sum(axis=(-2, -1)), 1)
+    iou = float((inter / union).min())
+    iou_diff = float(np.abs(got[1].numpy() - want[1].numpy()).max())
+    if not np.isfinite(iou_diff) or iou < REDUCED_DECODER_MIN_MASK_IOU:
+        raise OnnxValidationError(f"reduced-precision decoder: probe mask IoU {iou:.3f} with PyTorch's (< {REDUCED_DECODER_MIN_MASK_IOU})")
+    if iou_diff > REDUCED_DECODER_MAX_IOU_DIFF:
+        raise OnnxValidationError(f"reduced-precision decoder: predicted IoU differs from PyTorch's by {iou_diff:.3g} "
+                                  f"(> {REDUCED_DECODER_MAX_IOU_DIFF})")
+    return iou
 
 
 def _check_reduced_precision(emb: torch.Tensor, ref, torch_rt: TorchRuntime, points, boxes) -> tuple[float, float]:
@@ -305,8 +390,9 @@ def attach_runtime(segmenter, requested: str = "auto", export_root=None, threads
     """Choose the segmenter's runtime and record the choice in `segmenter.runtime_report`.
 
     torch: PyTorch eager. onnx: ONNX Runtime, exporting first if no export exists for these
-    weights. openvino: the export's encoder compiled by OpenVINO (`precision` auto: bf16 where the
-    CPU computes it natively, else f32), decoders on ONNX Runtime; exports first if needed.
+    weights. openvino: the export's graphs compiled by OpenVINO (`precision` auto: bf16 where the
+    CPU computes it natively, else f32), or its encoder with ONNX Runtime's decoders when
+    OpenVINO's fail validation; exports first if needed.
     auto (default): OpenVINO, else ONNX Runtime, when a validated export exists; else PyTorch.
     Whenever a faster runtime was wanted but cannot be used, the next one down is used and the
     report (and a log line) says why."""
@@ -316,6 +402,7 @@ def attach_runtime(segmenter, requested: str = "auto", export_root=None, threads
     segmenter.runtime = None
 
     def done(active: str, reason: str, **kw) -> RuntimeReport:
+        kw.setdefault("decoder_runtime", active)
         rep = RuntimeReport(requested, active, reason, load_s=round(time.perf_counter() - t0, 3), **kw)
         segmenter.runtime_report = rep
         if active != requested and requested != "auto":
@@ -343,17 +430,23 @@ def attach_runtime(segmenter, requested: str = "auto", export_root=None, threads
         if not openvino_available():
             why_not_openvino = "OpenVINO is not installed"
         else:
-            try:
-                rt = OpenVinoRuntime(folder, segmenter.sam, threads, precision)
-                enc_diff, dec_diff = validate_onnx(rt, segmenter)
-            except Exception as e:  # OpenVINO/ONNX errors of every kind mean "use the next runtime down"
-                why_not_openvino = f"OpenVINO encoder not used: {e}"
-            else:
+            failures = []
+            # OpenVINO's decoders first; if they fail validation, its encoder with ONNX Runtime's
+            for decoders in ("openvino", "onnx"):
+                try:
+                    rt = OpenVinoRuntime(folder, segmenter.sam, threads, precision, decoders=decoders)
+                    enc_diff, dec_diff = validate_onnx(rt, segmenter)
+                except Exception as e:  # OpenVINO/ONNX errors of every kind mean "use the next runtime down"
+                    failures.append(f"{'OpenVINO' if decoders == 'openvino' else 'OpenVINO encoder'} not used: {e}")
+                    continue
                 segmenter.runtime = rt
                 enc = rt.encoder_check or f"max abs diff encoder {enc_diff:.1e}"
-                return done("openvino", f"OpenVINO encoder ({rt.precision}) + ONNX Runtime decoder, validated against PyTorch "
-                            f"({enc}; decoder max abs diff {dec_diff:.1e})", export_dir=str(folder),
-                            encoder_max_abs=enc_diff, decoder_max_abs=dec_diff, precision=rt.precision)
+                dec = rt.decoder_check or f"decoder max abs diff {dec_diff:.1e}"
+                return done("openvino", "; ".join(failures + [f"{rt.description}, validated against PyTorch ({enc}; {dec})"]),
+                            export_dir=str(folder), encoder_max_abs=enc_diff, decoder_max_abs=dec_diff,
+                            precision=rt.precision, decoder_runtime=rt.decoder_runtime,
+                            decoder_precision=rt.decoder_precision)
+            why_not_openvino = "; ".join(failures)
     try:
         rt = OnnxRuntime(folder, segmenter.sam, threads)
         enc_diff, dec_diff = validate_onnx(rt, segmenter)

@@ -295,3 +295,99 @@ def test_openvino_rejects_a_perturbed_encoder_in_either_precision(segmenter, exp
         rep = attach_runtime(_twin(segmenter), "openvino", export_root=root, precision=precision)
         assert rep.active == "torch" and rep.fell_back, rep.reason
         assert "OpenVINO encoder not used" in rep.reason
+
+
+# -- OpenVINO decoders -----------------------------------------------------------------------------
+
+def _layout_prompts(torch_seg, emb, labels):
+    """A box, a box with clicks, clicks alone and a box with a previous mask, around the slice's
+    largest AAL region."""
+    ys, xs = np.nonzero(labels == np.bincount(labels[labels > 0].ravel()).argmax())
+    box = PromptSet.from_box(float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+    inside = Point(float(np.median(xs)), float(np.median(ys)), True, PromptSource.CLICK, 1.0)
+    outside = Point(float(xs.min()) - 3, float(ys.min()) - 3, False, PromptSource.CLICK, 1.0)
+    first = torch_seg.decode(emb, box)
+    return [box, box.with_points(inside, outside), PromptSet(points=(inside, outside)),
+            box.with_mask_input(first.low_res_logits)]
+
+
+@pytest.mark.parametrize("precision", ["f32", "auto"])
+def test_openvino_decoders_give_pytorchs_masks_for_every_prompt_layout(precision, segmenter, export_root, torch_seg, real_slice):
+    seg = _twin(segmenter)
+    rep = attach_runtime(seg, "openvino", export_root=export_root, precision=precision)
+    assert rep.active == "openvino" and rep.decoder_runtime == "openvino", rep.reason
+    assert rep.decoder_precision == rep.precision and f"OpenVINO decoder ({rep.precision})" in rep.reason
+    img, labels = real_slice
+    emb = torch_seg.embed(img)  # one fp32 embedding: this isolates the decoder graphs
+    exact = rep.decoder_precision == "f32"
+    for multimask in (False, True):
+        for p in _layout_prompts(torch_seg, emb, labels):
+            want, got = torch_seg.decode(emb, p, multimask=multimask), seg.decode(emb, p, multimask=multimask)
+            diff = np.abs(want.low_res_logits - got.low_res_logits)
+            if exact:
+                assert np.mean(want.mask != got.mask) < 1e-3 and diff.max() < 1e-2, p
+                assert abs(want.predicted_iou - got.predicted_iou) < 1e-3
+            else:  # bf16: logits move by ~0.1 on average (of |logits| up to ~30), masks by a few edge pixels
+                assert _dice(want.mask, got.mask) > 0.98 and diff.mean() < 0.25, (p, _dice(want.mask, got.mask), diff.mean())
+                assert abs(want.predicted_iou - got.predicted_iou) < 0.02
+    batch = _layout_prompts(torch_seg, emb, labels)[:2]  # the split graphs, broadcast over prompts
+    for w, g in zip(torch_seg.decode_batch(emb, batch), seg.decode_batch(emb, batch)):
+        assert _dice(w.mask, g.mask) > (0.999 if exact else 0.98)
+
+
+def test_openvino_decoders_failing_validation_leave_onnx_runtimes_decoders(segmenter, export_root, monkeypatch, torch_seg, real_slice):
+    from models import openvino_runtime as ovr
+
+    real_run = ovr.OpenVinoGraph.run
+
+    def wrong_logits(self, feeds):  # a broken decoder: every mask logit far below zero
+        return [o - 50.0 if o.ndim == 4 else o for o in real_run(self, feeds)]
+
+    monkeypatch.setattr(ovr.OpenVinoGraph, "run", wrong_logits)
+    seg = _twin(segmenter)
+    rep = attach_runtime(seg, "auto", export_root=export_root)
+    assert rep.active == "openvino" and rep.decoder_runtime == "onnx" and rep.decoder_precision == "f32", rep.reason
+    assert "OpenVINO not used" in rep.reason and "decoder" in rep.reason and "ONNX Runtime decoder" in rep.reason
+    img, labels = real_slice
+    emb = torch_seg.embed(img)
+    box = _layout_prompts(torch_seg, emb, labels)[0]
+    assert np.mean(torch_seg.decode(emb, box).mask != seg.decode(emb, box).mask) < 1e-3
+
+
+def test_openvino_decodes_from_two_threads_at_once(openvino_seg, real_slice):
+    from concurrent.futures import ThreadPoolExecutor
+
+    img, _ = real_slice
+    emb = openvino_seg.embed(img)
+    prompts = [PromptSet.from_box(40 + 4 * i, 50, 120 + 4 * i, 140) for i in range(6)]
+    want = [openvino_seg.decode(emb, p).mask for p in prompts]
+    with ThreadPoolExecutor(2) as pool:  # the UI thread and a worker: each has its own infer request
+        got = list(pool.map(lambda p: openvino_seg.decode(emb, p).mask, prompts * 3))
+    assert all(np.array_equal(g, want[i % len(prompts)]) for i, g in enumerate(got))
+
+
+def test_large_batches_are_decoded_in_chunks_with_the_same_masks(onnx_seg, torch_seg, real_slice, monkeypatch):
+    from models import runtime
+
+    img, _ = real_slice
+    emb = torch_seg.embed(img)
+    boxes = [PromptSet.from_box(30 + 5 * i, 40, 110 + 5 * i, 130) for i in range(5)]
+    refine = [p.with_mask_input(torch_seg.decode(emb, p).low_res_logits) for p in boxes]
+    whole = [onnx_seg.decode_batch(emb, boxes), onnx_seg.decode_batch(emb, refine)]
+    rt = onnx_seg.runtime
+    calls = []
+
+    def counted(run):
+        def call(*args):
+            calls.append(len(args[-1]["point_coords"]))
+            return run(*args)
+        return call
+
+    monkeypatch.setattr(runtime, "DECODE_CHUNK", 2)
+    monkeypatch.setattr(rt, "_run_nomask", counted(rt._run_nomask))
+    monkeypatch.setattr(rt, "_run_mask", counted(rt._run_mask))
+    chunked = [onnx_seg.decode_batch(emb, boxes), onnx_seg.decode_batch(emb, refine)]
+    assert calls == [2, 2, 1, 2, 2, 1]
+    for w_set, c_set in zip(whole, chunked):
+        for w, c in zip(w_set, c_set):
+            assert np.array_equal(w.mask, c.mask) and abs(w.predicted_iou - c.predicted_iou) < 1e-6
