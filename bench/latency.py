@@ -10,9 +10,11 @@ Measured:
 - encode: one 256 x 256 slice through the image encoder (median ms);
 - decode: one box prompt against a cached embedding, up to the mask on the slice grid (median ms);
   the reference decode is its prompt encoder + mask decoder + `postprocess_masks`, as its forward
-  runs them after the encoder. ONNX Runtime runs the image-only part of the decoder once per
+  runs them after the encoder. clinseg runs the image-only part of the decoder once per
   embedding (models/runtime.py), so its first prompt on a slice costs more: measured separately
-  ("first prompt on a slice", a new embedding object every time);
+  ("first prompt on a slice", a new embedding object every time). Also measured, for the
+  trade-off: OpenVINO's decoders in bf16 (opt-in, CLINSEG_DECODER_PRECISION=bf16) on CPUs with
+  native bf16, decode time and Dice (RESULT extras decode_bf16_ms, dice_delta_bf16);
 - cycle: `app.pipeline.segment` with the slice already embedded (the app's path for a new box:
   content hash, cache hit, decode, mask), and, for information, a click turned into box proposals
   by prompting/clicks.py (one batch decode of all proposals + refinement);
@@ -93,6 +95,20 @@ def clinseg_segmenters():
     onnx = SamSegmenter(eager.name, eager.sam, eager.preprocessing, version=eager.version)
     attach_runtime(onnx, "onnx", threads=THREADS)
     return eager, onnx, default
+
+
+def bf16_decoder_segmenter(eager):
+    """The default runtime with OpenVINO's decoders in bf16 (opt-in: CLINSEG_DECODER_PRECISION=bf16),
+    measured beside the default so the trade-off (speed vs Dice) is in one run; None without bf16."""
+    from models.openvino_runtime import native_bf16, openvino_available
+    from models.runtime import attach_runtime
+    from models.sam_backend import SamSegmenter
+
+    if not (openvino_available() and native_bf16()):
+        return None
+    seg = SamSegmenter(eager.name, eager.sam, eager.preprocessing, version=eager.version)
+    rep = attach_runtime(seg, "openvino", threads=THREADS, decoder_precision="bf16")
+    return seg if rep.decoder_precision == "bf16" else None
 
 
 def real_slice():
@@ -208,10 +224,15 @@ def main() -> None:
     box256 = np.array([box[0] * 256 / W, box[1] * 256 / H, box[2] * 256 / W, box[3] * 256 / H], np.float32)
     with torch.no_grad():
         ref_emb = ref.image_encoder(x)
-    d_default, d_eager, d_ref, d_first = [], [], [], []
+    bf16dec = bf16_decoder_segmenter(eager)
+    emb_o = onnx.embed(img)
+    d_default, d_eager, d_ref, d_first, d_onnx, d_bf16 = [], [], [], [], [], []
     for _ in range(2 * args.iters):
         d_default.append(ms(default.decode, emb_d, prompt))
         d_eager.append(ms(eager.decode, emb_e, prompt))
+        d_onnx.append(ms(onnx.decode, emb_o, prompt))
+        if bf16dec is not None:
+            d_bf16.append(ms(bf16dec.decode, emb_d, prompt))  # emb_d: the same bf16 embedding
         d_ref.append(ms(reference_decode, ref, ref_emb, box256, (H, W)))
         fresh = dataclasses.replace(emb_d, features=emb_d.features.clone())  # a slice never decoded on
         d_first.append(ms(default.decode, fresh, prompt))
@@ -247,7 +268,7 @@ def main() -> None:
     volume_label = "measured" if n == 181 else f"extrapolated from {n}"
 
     # -- Dice: default runtime vs PyTorch on the dev sets -----------------------------------
-    dice_rows = {}
+    dice_rows, dice_bf16 = {}, {}
     if not args.no_dice:
         from models.sam_backend import SamSegmenter
 
@@ -256,6 +277,11 @@ def main() -> None:
         fresh_d.runtime = default.runtime
         de, dd = dice_by_set(fresh_e), dice_by_set(fresh_d)
         dice_rows = {k: (de[k], dd[k]) for k in de}
+        if bf16dec is not None:
+            fresh_b = SamSegmenter(eager.name, eager.sam, eager.preprocessing, version=eager.version)
+            fresh_b.runtime = bf16dec.runtime
+            db = dice_by_set(fresh_b)
+            dice_bf16 = {k: db[k] - de[k] for k in de}
 
     peak_mb, peak_ref_mb = peak_of("clinseg"), peak_of("reference")
 
@@ -269,7 +295,9 @@ def main() -> None:
     print(f"{'encode ms (median of %d)' % args.iters:34s} {enc_d:10.0f} {enc_e:12.0f} {enc_r:10.0f} {enc_o:13.0f}"
           f"   speed-up vs eager x{enc_e / enc_d:.2f} (ONNX Runtime x{enc_e / enc_o:.2f})")
     print(f"{'  encode ms min':34s} {min(t_default):10.0f} {min(t_eager):12.0f} {min(t_ref):10.0f} {min(t_onnx):13.0f}")
-    print(f"{'decode ms / box (median of %d)' % (2 * args.iters):34s} {dec_d:10.1f} {dec_e:12.1f} {dec_r:10.1f}")
+    print(f"{'decode ms / box (median of %d)' % (2 * args.iters):34s} {dec_d:10.1f} {dec_e:12.1f} {dec_r:10.1f} {med(d_onnx):13.1f}")
+    if d_bf16:
+        print(f"{'  with the bf16 decoder (opt-in)':34s} {med(d_bf16):10.1f}")
     print(f"{'  first prompt on a slice ms':34s} {med(d_first):10.1f}")
     print(f"{'cycle ms: pipeline.segment, cached':34s} {med(cyc):10.1f}")
     print(f"{'click -> box proposals -> mask ms':34s} {med(click_ms):10.1f}")
@@ -281,10 +309,17 @@ def main() -> None:
         deltas.append(d - e)
         print(f"{'Dice ' + k:34s} {d:10.4f} {e:12.4f}   delta {d - e:+.4f}")
     dice_delta = max((abs(v) for v in deltas), default=float("nan"))
+    if dice_bf16:
+        print(f"{'  with the bf16 decoder (opt-in)':34s} " + ", ".join(f"{k} {v:+.4f}" for k, v in dice_bf16.items()))
+    extra = ""
+    if d_bf16:
+        extra = f" decode_bf16_ms={med(d_bf16):.2f}"
+        if dice_bf16:
+            extra += f" dice_delta_bf16={max(abs(v) for v in dice_bf16.values()):.4f}"
     print(f"runtime: {rep.active}, encoder {rep.precision}, decoder {rep.decoder_runtime} {rep.decoder_precision}; targets: encode <= 500 ms and >= 2.7x eager, decode <= 15 ms, cycle <= 100 ms, |dice delta| < 0.005")
     print(f"RESULT encode_ms={enc_d:.1f} encode_ref_ms={enc_r:.1f} encode_eager_ms={enc_e:.1f} encode_onnx_ms={enc_o:.1f} decode_ms={dec_d:.2f} "
           f"decode_first_ms={med(d_first):.2f} decode_ref_ms={dec_r:.2f} peak_mb={peak_mb:.0f} peak_ref_mb={peak_ref_mb:.0f} cycle_ms={med(cyc):.2f} "
-          f"volume_embed_s={volume_embed_s:.1f} dice_delta={dice_delta:.4f}")
+          f"volume_embed_s={volume_embed_s:.1f} dice_delta={dice_delta:.4f}{extra}")
 
 
 if __name__ == "__main__":

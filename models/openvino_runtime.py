@@ -7,13 +7,16 @@ Why: the encoder is the one slow step. On this project's 2-core machine ONNX Run
 bf16 changes the embedding (cosine ~0.999 to fp32), so it is used only where the CPU has it, only
 after the probe check below, and its Dice on the dev sets is measured by bench/latency.py.
 
-The prompt encoder + mask decoder graphs run on OpenVINO too, at the same precision: bf16 on AMX
-takes a box prompt from ~25 ms (ONNX Runtime fp32) to ~12 ms on 2 cores, f32 to ~21 ms. Three
-things make that gain (each measured, docs/speed.md): the image->token softmax laid out with the
-4096 image tokens as its inner axis (onnx_export._HeadAttention), OpenVINO's "snippets" fusion
-switched off for these graphs (it ran the attention's softmax + product in AVX-512 code instead
-of the AMX matrix kernels: 2.1 ms instead of 0.4 ms per product), and the per-slice inputs passed
-without a copy (`share_inputs`: ~10 MB per prompt otherwise).
+The prompt encoder + mask decoder graphs run on OpenVINO too, in f32 by default (~21 ms a box
+prompt on 2 cores vs ~25 ms on ONNX Runtime, same logits to ~3e-5). In bf16 (opt-in:
+`decoder_precision="bf16"` or CLINSEG_DECODER_PRECISION=bf16) they take ~11-13 ms, but masks move:
+with the bf16 encoder, the brain dev set's mean Dice moved by 0.0055 vs PyTorch (fp32 decoder:
+0.0022), over the 0.005 a reduced precision may cost, so bf16 is not the default. Three things
+make the OpenVINO decoder fast (each measured, docs/speed.md): the image->token softmax laid out
+with the 4096 image tokens as its inner axis (onnx_export._HeadAttention), OpenVINO's "snippets"
+fusion switched off for these graphs (in bf16 it ran the attention's softmax + product in AVX-512
+code instead of the AMX matrix kernels: 2.1 ms instead of 0.4 ms per product), and the per-slice
+inputs passed without a copy (`share_inputs`: ~10 MB per prompt otherwise).
 
 Nothing here reaches the network: `Core.read_model` / `compile_model` read the local export.
 (OpenVINO's telemetry lives in its model-conversion tools, `openvino.tools.ovc`, never imported.)
@@ -54,7 +57,7 @@ def resolve_precision(requested: str) -> str:
     """auto -> bf16 where the CPU computes it natively, else f32; f32/bf16 as asked (bf16 on a CPU
     without it is refused: OpenVINO would emulate it, slower than f32)."""
     if requested not in PRECISIONS:
-        raise ValueError(f"unknown encoder precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+        raise ValueError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
     if requested == "auto":
         return "bf16" if native_bf16() else "f32"
     if requested == "bf16" and not native_bf16():

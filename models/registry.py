@@ -17,6 +17,7 @@ from .weights import LITEMEDSAM_SHA256, LITEMEDSAM_SIZE, litemedsam_checkpoint_p
 
 CHECKPOINT_DIR_ENV = "CLINSEG_CHECKPOINT_DIR"
 PRECISION_ENV = "CLINSEG_ENCODER_PRECISION"  # auto | f32 | bf16: the OpenVINO encoder's precision
+DECODER_PRECISION_ENV = "CLINSEG_DECODER_PRECISION"  # f32 (default) | bf16 | auto: the OpenVINO decoders' precision
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,13 @@ def resolve_checkpoint(spec: BackendSpec, checkpoint: str | os.PathLike | None) 
 def build_segmenter(name: str = "litemedsam", checkpoint: str | os.PathLike | None = None,
                     cache: EmbeddingCache | None = None, preprocessing: Preprocessing | None = None,
                     num_threads: int | None = None, runtime: str = "auto",
-                    precision: str | None = None) -> SamSegmenter:
+                    precision: str | None = None, decoder_precision: str | None = None) -> SamSegmenter:
     """Build a backend with its weights loaded strictly. Never downloads anything.
 
     runtime: "torch" (PyTorch eager), "onnx" (ONNX Runtime; exports first if needed), "openvino"
     (the exported encoder on OpenVINO, in `precision` f32 or bf16; "auto", the default unless
-    $CLINSEG_ENCODER_PRECISION says otherwise, = bf16 where the CPU has it natively) or "auto"
+    $CLINSEG_ENCODER_PRECISION says otherwise, = bf16 where the CPU has it natively; its decoders
+    in `decoder_precision`, f32 unless it or $CLINSEG_DECODER_PRECISION says bf16) or "auto"
     (OpenVINO, else ONNX Runtime, when a validated export exists, else PyTorch); see
     models/runtime.py. The active runtime and the reason for it are in `segmenter.runtime_report`."""
     if name not in BACKENDS:
@@ -117,5 +119,6 @@ def build_segmenter(name: str = "litemedsam", checkpoint: str | os.PathLike | No
     from .runtime import attach_runtime
 
     attach_runtime(segmenter, runtime, threads=num_threads,
-                   precision=precision or os.environ.get(PRECISION_ENV, "auto"))
+                   precision=precision or os.environ.get(PRECISION_ENV, "auto"),
+                   decoder_precision=decoder_precision or os.environ.get(DECODER_PRECISION_ENV, "f32"))
     return segmenter

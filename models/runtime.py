@@ -3,7 +3,7 @@ OpenVINO (the same exported graphs).
 
 ONNX Runtime runs the LiteMedSAM encoder ~2x faster than PyTorch eager on a laptop CPU with the
 same outputs (max abs diff ~1e-6); OpenVINO, in bf16 where the CPU has it natively, ~4.5x, and
-the decoder ~2x faster than ONNX Runtime. An export is used only after it has been validated against
+its bf16 decoder ~2x faster than ONNX Runtime (f32: ~1.2x). An export is used only after it has been validated against
 PyTorch for the weights actually loaded; otherwise the segmenter stays on PyTorch and says why in
 `segmenter.runtime_report` (the app and `clinseg` show it), never silently.
 
@@ -230,14 +230,16 @@ class OnnxRuntime:
 
 
 class OpenVinoRuntime(OnnxRuntime):
-    """The export's graphs compiled by OpenVINO, in f32 or in bf16 where the CPU has it natively
-    (models/openvino_runtime.py says why). decoders="onnx": the decoders on ONNX Runtime fp32
-    instead (what attach_runtime falls back to when OpenVINO's decoders fail validation)."""
+    """The export's graphs compiled by OpenVINO: the encoder in `precision` (auto: bf16 where the
+    CPU has it natively), the decoders in `decoder_precision` (f32 by default: a bf16 decoder
+    moved the brain set's Dice by 0.0055, over the 0.005 allowed; models/openvino_runtime.py).
+    decoders="onnx": the decoders on ONNX Runtime fp32 instead (what attach_runtime falls back
+    to when OpenVINO's decoders fail validation)."""
 
     name = "openvino"
 
     def __init__(self, folder: Path, sam: Sam, threads: int | None = None, precision: str = "auto",
-                 decoders: str = "openvino"):
+                 decoders: str = "openvino", decoder_precision: str = "f32"):
         from . import openvino_runtime as ovr
 
         if decoders not in ("openvino", "onnx"):
@@ -245,7 +247,7 @@ class OpenVinoRuntime(OnnxRuntime):
         super().__init__(folder, sam, threads, load_encoder=False, load_decoders=decoders == "onnx")
         self.precision = ovr.resolve_precision(precision)
         self.decoder_runtime = decoders
-        self.decoder_precision = self.precision if decoders == "openvino" else "f32"
+        self.decoder_precision = ovr.resolve_precision(decoder_precision) if decoders == "openvino" else "f32"
         # bf16 embeddings differ from fp32 ones (cosine ~0.999): their cache entries must not mix
         self.encoder_tag = "" if self.precision == "f32" else self.precision
         n = int(threads or torch.get_num_threads())
@@ -257,7 +259,7 @@ class OpenVinoRuntime(OnnxRuntime):
                 graphs = []
                 for name in (m.decoder_prep, m.decoder_nomask, m.decoder):
                     path = self.folder / name
-                    graphs.append(ovr.OpenVinoGraph(path, n, self.precision, fuse_snippets=False))
+                    graphs.append(ovr.OpenVinoGraph(path, n, self.decoder_precision, fuse_snippets=False))
                 self.ov_prep, self.ov_nomask, self.ov_mask = graphs
         except Exception as e:  # OpenVINO raises its own RuntimeError subclasses for unreadable graphs
             raise OnnxValidationError(f"OpenVINO cannot compile {path} ({type(e).__name__}: {str(e)[:200]})") from e
@@ -386,13 +388,14 @@ def onnxruntime_available() -> bool:
 
 
 def attach_runtime(segmenter, requested: str = "auto", export_root=None, threads: int | None = None,
-                   precision: str = "auto") -> RuntimeReport:
+                   precision: str = "auto", decoder_precision: str = "f32") -> RuntimeReport:
     """Choose the segmenter's runtime and record the choice in `segmenter.runtime_report`.
 
     torch: PyTorch eager. onnx: ONNX Runtime, exporting first if no export exists for these
-    weights. openvino: the export's graphs compiled by OpenVINO (`precision` auto: bf16 where the
-    CPU computes it natively, else f32), or its encoder with ONNX Runtime's decoders when
-    OpenVINO's fail validation; exports first if needed.
+    weights. openvino: the export's graphs compiled by OpenVINO (encoder `precision` auto: bf16
+    where the CPU computes it natively, else f32; decoders in `decoder_precision`, f32 unless
+    bf16 is asked for), or its encoder with ONNX Runtime's decoders when OpenVINO's fail
+    validation; exports first if needed.
     auto (default): OpenVINO, else ONNX Runtime, when a validated export exists; else PyTorch.
     Whenever a faster runtime was wanted but cannot be used, the next one down is used and the
     report (and a log line) says why."""
@@ -434,7 +437,8 @@ def attach_runtime(segmenter, requested: str = "auto", export_root=None, threads
             # OpenVINO's decoders first; if they fail validation, its encoder with ONNX Runtime's
             for decoders in ("openvino", "onnx"):
                 try:
-                    rt = OpenVinoRuntime(folder, segmenter.sam, threads, precision, decoders=decoders)
+                    rt = OpenVinoRuntime(folder, segmenter.sam, threads, precision, decoders=decoders,
+                                         decoder_precision=decoder_precision)
                     enc_diff, dec_diff = validate_onnx(rt, segmenter)
                 except Exception as e:  # OpenVINO/ONNX errors of every kind mean "use the next runtime down"
                     failures.append(f"{'OpenVINO' if decoders == 'openvino' else 'OpenVINO encoder'} not used: {e}")

@@ -266,7 +266,7 @@ def test_bf16_is_refused_on_a_cpu_without_it(monkeypatch):
     assert ovr.resolve_precision("auto") == "f32"
     with pytest.raises(ValueError, match="no native bfloat16"):
         ovr.resolve_precision("bf16")
-    with pytest.raises(ValueError, match="unknown encoder precision"):
+    with pytest.raises(ValueError, match="unknown precision"):
         ovr.resolve_precision("fp8")
 
 
@@ -311,12 +311,22 @@ def _layout_prompts(torch_seg, emb, labels):
             box.with_mask_input(first.low_res_logits)]
 
 
-@pytest.mark.parametrize("precision", ["f32", "auto"])
-def test_openvino_decoders_give_pytorchs_masks_for_every_prompt_layout(precision, segmenter, export_root, torch_seg, real_slice):
+def test_openvino_decoders_are_fp32_by_default(openvino_seg):
+    rep = openvino_seg.runtime_report
+    assert rep.decoder_runtime == "openvino" and rep.decoder_precision == "f32", rep.reason
+    assert "OpenVINO decoder (f32)" in rep.reason and rep.decoder_max_abs < 1e-2
+
+
+@pytest.mark.parametrize("decoder_precision", ["f32", "bf16"])
+def test_openvino_decoders_give_pytorchs_masks_for_every_prompt_layout(decoder_precision, segmenter, export_root, torch_seg, real_slice):
+    from models.openvino_runtime import native_bf16
+
+    if decoder_precision == "bf16" and not native_bf16():
+        pytest.skip("this CPU has no native bf16")
     seg = _twin(segmenter)
-    rep = attach_runtime(seg, "openvino", export_root=export_root, precision=precision)
+    rep = attach_runtime(seg, "openvino", export_root=export_root, decoder_precision=decoder_precision)
     assert rep.active == "openvino" and rep.decoder_runtime == "openvino", rep.reason
-    assert rep.decoder_precision == rep.precision and f"OpenVINO decoder ({rep.precision})" in rep.reason
+    assert rep.decoder_precision == decoder_precision and f"OpenVINO decoder ({decoder_precision})" in rep.reason
     img, labels = real_slice
     emb = torch_seg.embed(img)  # one fp32 embedding: this isolates the decoder graphs
     exact = rep.decoder_precision == "f32"
