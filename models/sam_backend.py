@@ -100,8 +100,13 @@ class SamSegmenter:
         return self.decode_batch(embedding, [prompt], multimask=multimask)[0]
 
     @torch.inference_mode()
-    def decode_logits(self, embedding: ImageEmbedding, prompts: Sequence[PromptSet], multimask: bool = False):
-        """Batch decode. Returns (low-res logits (B, K, s, s), predicted IoU (B, K)) in the model frame."""
+    def decode_logits(self, embedding: ImageEmbedding, prompts: Sequence[PromptSet], multimask: bool = False,
+                      screening: bool = False):
+        """Batch decode. Returns (low-res logits (B, K, s, s), predicted IoU (B, K)) in the model frame.
+
+        screening=True: the masks will only be compared with each other to pick one prompt (a
+        click's box proposals), which is then decoded normally; the runtime may use a faster, less
+        exact decoder for them (OpenVINO's bf16 twin on CPUs with native bf16, validated at load)."""
         if not prompts:
             raise InvalidPromptError("no prompt given.")
         if embedding.backend != self.version:
@@ -116,8 +121,8 @@ class SamSegmenter:
             # The prompt encoder takes one layout per batch; mixed batches decode in two passes.
             idx_box = [i for i, b in enumerate(has_box) if b]
             idx_nobox = [i for i, b in enumerate(has_box) if not b]
-            l1, q1 = self.decode_logits(embedding, [prompts[i] for i in idx_box], multimask)
-            l2, q2 = self.decode_logits(embedding, [prompts[i] for i in idx_nobox], multimask)
+            l1, q1 = self.decode_logits(embedding, [prompts[i] for i in idx_box], multimask, screening)
+            l2, q2 = self.decode_logits(embedding, [prompts[i] for i in idx_nobox], multimask, screening)
             order = np.argsort(idx_box + idx_nobox)
             return torch.cat([l1, l2])[order], torch.cat([q1, q2])[order]
 
@@ -146,7 +151,7 @@ class SamSegmenter:
             raise InvalidPromptError("a previous mask alone is not a prompt; add a box, click or scribble.")
 
         if self.runtime is not None:  # same prompts, same token selection as MaskDecoder.forward
-            low_res, iou = self.runtime.decode_all(embedding.features, points, boxes, masks)
+            low_res, iou = self.runtime.decode_all(embedding.features, points, boxes, masks, screening=screening)
             keep = slice(1, None) if multimask else slice(0, 1)
             return low_res[:, keep], iou[:, keep]
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=masks)

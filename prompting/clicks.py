@@ -16,7 +16,8 @@ as `mask_input` and an updated box (widened to take a positive click in, cut to 
 out), again choosing among a few box variants in one batch.
 
 `prompting/` must not import `models/`: the segmenter comes in as an argument (dependency injection);
-it needs `decode_logits(embedding, prompts, multimask)` and `transform_for(shape)` (SamSegmenter).
+it needs `decode_logits(embedding, prompts, multimask, screening)` and `transform_for(shape)`
+(SamSegmenter).
 """
 from __future__ import annotations
 
@@ -259,7 +260,8 @@ def score_boxes(segmenter, embedding, boxes: Sequence[np.ndarray], points: Seque
     import torch
 
     prompts = [PromptSet(points=tuple(extra), box=Box(*map(float, b)), mask_input=mask_input) for b in boxes]
-    low_res, iou = segmenter.decode_logits(embedding, prompts, multimask=False)
+    # screening: these masks only rank the boxes; the chosen box is decoded again by the caller
+    low_res, iou = segmenter.decode_logits(embedding, prompts, multimask=False, screening=True)
     transform = segmenter.transform_for(embedding.original_size)
     with torch.inference_mode():
         full = transform.logits_to_image(low_res)[:, 0].numpy()  # (B, H, W)

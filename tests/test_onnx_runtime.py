@@ -389,7 +389,7 @@ def test_large_batches_are_decoded_in_chunks_with_the_same_masks(onnx_seg, torch
 
     def counted(run):
         def call(*args):
-            calls.append(len(args[-1]["point_coords"]))
+            calls.append(next(len(a["point_coords"]) for a in args if isinstance(a, dict) and "point_coords" in a))
             return run(*args)
         return call
 
@@ -401,3 +401,70 @@ def test_large_batches_are_decoded_in_chunks_with_the_same_masks(onnx_seg, torch
     for w_set, c_set in zip(whole, chunked):
         for w, c in zip(w_set, c_set):
             assert np.array_equal(w.mask, c.mask) and abs(w.predicted_iou - c.predicted_iou) < 1e-6
+
+
+# -- bf16 screening decoder for click proposals -------------------------------------------------------
+
+def _needs_bf16():
+    from models.openvino_runtime import native_bf16
+
+    if not native_bf16():
+        pytest.skip("this CPU has no native bf16")
+
+
+def test_click_proposals_are_ranked_by_the_bf16_twin_and_the_chosen_box_decoded_in_fp32(openvino_seg, torch_seg, real_slice):
+    _needs_bf16()
+    from prompting import clicks
+
+    rep, rt = openvino_seg.runtime_report, openvino_seg.runtime
+    assert rep.screening == "bf16" and rt.can_screen and "click proposals ranked by a bf16 decoder" in rep.reason
+    img, labels = real_slice
+    emb = torch_seg.embed(img)
+    box = _layout_prompts(torch_seg, emb, labels)[0]
+    exact, fast = openvino_seg.decode_logits(emb, [box]), openvino_seg.decode_logits(emb, [box], screening=True)
+    want = torch_seg.decode_logits(emb, [box])
+    assert float((exact[0] - want[0]).abs().max()) < 1e-2  # the default decode stays fp32
+    assert 0 < float((fast[0] - want[0]).abs().max()) < 2.0  # the twin is bf16: close, not equal
+    assert _dice(fast[0][0, 0].numpy() > 0, want[0][0, 0].numpy() > 0) > 0.98
+    # a prompt with a previous mask never takes the screening path (no bf16 twin of that graph)
+    refine = box.with_mask_input(torch_seg.decode(emb, box).low_res_logits)
+    a, b = openvino_seg.decode_logits(emb, [refine], screening=True), torch_seg.decode_logits(emb, [refine])
+    assert float((a[0] - b[0]).abs().max()) < 1e-2
+
+    calls = []
+    real = rt.decode_all
+
+    def spy(features, points, boxes, masks, screening=False):
+        calls.append((0 if boxes is None else int(boxes.shape[0]), screening))
+        return real(features, points, boxes, masks, screening=screening)
+
+    rt.decode_all = spy
+    try:
+        ys, xs = np.nonzero(labels == np.bincount(labels[labels > 0].ravel()).argmax())
+        click = Point(float(np.median(xs)), float(np.median(ys)), True, PromptSource.CLICK, 1.0)
+        prompt = clicks.propose_from_points(openvino_seg, emb, img, (click,))
+        calls_proposals = list(calls)
+        openvino_seg.decode(emb, prompt)
+    finally:
+        del rt.decode_all
+    assert calls_proposals and all(screening for _, screening in calls_proposals)
+    assert sum(n for n, _ in calls_proposals) > 20  # the scale grid and its refinements
+    assert calls[-1] == (1, False)  # what the user sees: the chosen box, decoded in fp32
+
+
+def test_a_failing_screening_decoder_is_dropped_and_the_runtime_kept(segmenter, export_root, monkeypatch):
+    _needs_bf16()
+    from models import openvino_runtime as ovr
+
+    real_run = ovr.OpenVinoGraph.run
+
+    def broken_bf16(self, feeds):
+        out = real_run(self, feeds)
+        return [o - 50.0 if o.ndim == 4 and self.precision == "bf16" else o for o in out]
+
+    monkeypatch.setattr(ovr.OpenVinoGraph, "run", broken_bf16)
+    seg = _twin(segmenter)
+    rep = attach_runtime(seg, "auto", export_root=export_root)
+    assert rep.active == "openvino" and rep.decoder_runtime == "openvino" and rep.decoder_precision == "f32", rep.reason
+    assert rep.screening == "" and not seg.runtime.can_screen
+    assert "bf16 screening decoder not used" in rep.reason
