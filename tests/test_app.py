@@ -138,6 +138,8 @@ def test_box_undo_redo_accept_and_export_round_trip(app, tmp_path):
     ys, xs = np.nonzero(mask)
     assert xs.min() >= 55 and xs.max() <= 125 and ys.min() >= 75 and ys.max() <= 145  # inside the box (+ margin)
     assert any("Mask updated" in s for s in successes(app))
+    # the engine running the model is stated (the tests' empty export folder: PyTorch, and why)
+    assert any(c.value.startswith("Model runtime:") and "export-onnx" in c.value for c in app.caption)
     area = [c.value for c in app.caption if c.value.startswith("Area on slice 20")]
     assert area and f"{mask.sum():.1f} mm²" in area[0]  # 1 mm pixels: area in mm² = pixel count
 
@@ -727,3 +729,20 @@ def test_box_and_background_scribble_are_fused(segmenter):
     assert len(r.strokes) == 1 and not r.strokes[0].positive
     assert all(not p.positive for p in r.prompt.points)
     assert not r.mask[:, right].any() and r.area_px < first.area_px
+
+
+def test_a_runtime_fallback_is_shown_not_silent():
+    def page():
+        from app.views.segment import render_runtime
+        from models.runtime import RuntimeReport
+
+        class Segmenter:
+            runtime_report = RuntimeReport("onnx", "torch", "ONNX export in /x failed validation: encoder differs from PyTorch")
+
+        render_runtime(Segmenter())
+
+    at = AppTest.from_function(page, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    assert "failed validation" in at.caption[0].value
+    assert "runs on torch" in at.warning[0].value

@@ -124,6 +124,7 @@ def render_objects(ws: Workstation) -> None:
     if not ws.objects:
         st.caption("No objects yet: the first prompt creates one.")
         return
+    render_runtime(get_segmenter())
     options = [o.oid for o in ws.objects]
     names = {o.oid: o.label for o in ws.objects}
     ws.active = st.radio("Prompts go to", options, index=options.index(ws.active) if ws.active in options else 0,
@@ -195,3 +196,15 @@ def render_segment(ws: Workstation) -> None:
             else:
                 render_canvas(ws, tool, shown, vp)
             st.caption(f"{ws.study.title} · slice {ws.slice_index + 1}/{ws.study.volume.num_slices} · window {ws.window} · zoom {ws.zoom:g}x")
+
+
+def render_runtime(segmenter) -> None:
+    """Which engine runs the model, and why: a fallback to a slower runtime is never silent."""
+    rep = getattr(segmenter, "runtime_report", None)
+    if rep is None:
+        return
+    st.caption(f"Model runtime: {rep.reason}", help="The engine that runs LiteMedSAM on this computer (docs/speed.md). "
+               "Run `clinseg export-onnx` once for the fast runtimes; PyTorch is the slower reference.")
+    if rep.fell_back:
+        st.warning(f"The {rep.requested} runtime could not be used; segmentation runs on {rep.active} (slower, same results).",
+                   icon=":material/speed:")
