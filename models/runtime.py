@@ -2,13 +2,14 @@
 OpenVINO (the same exported graphs).
 
 ONNX Runtime runs the LiteMedSAM encoder ~2x faster than PyTorch eager on a laptop CPU with the
-same outputs (max abs diff ~1e-6); OpenVINO, in bf16 where the CPU has it natively, ~4.5x, and
-its bf16 decoder ~2x faster than ONNX Runtime (f32: ~1.2x). An export is used only after it has been validated against
-PyTorch for the weights actually loaded; otherwise the segmenter stays on PyTorch and says why in
-`segmenter.runtime_report` (the app and `clinseg` show it), never silently.
+same outputs (max abs diff ~1e-6); OpenVINO ~5x in bf16 where the CPU has it natively, and its
+fp32 decoder ~1.3x faster than ONNX Runtime's (bf16: ~2x, opt-in). An export is used only after it
+has been validated against PyTorch for the weights actually loaded; otherwise the next runtime
+down is used and `segmenter.runtime_report` says why (the app and `clinseg` show it), never
+silently.
 
-Both runtimes take prompts in segment_anything's PromptEncoder form (points=(coords, labels),
-boxes (B, 4), masks (B, 1, 256, 256), all in the model frame) and return the logits and IoU of
+Every runtime takes prompts in segment_anything's PromptEncoder form (points=(coords, labels),
+boxes (B, 4), masks (B, 1, 256, 256), all in the model frame) and returns the logits and IoU of
 ALL mask tokens, so token selection stays in SamSegmenter and is shared.
 """
 from __future__ import annotations
