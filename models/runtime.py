@@ -46,7 +46,9 @@ REDUCED_MIN_MASK_IOU = 0.85
 # 0.992-0.998 with PyTorch's, predicted IoU within 0.003 (measured); a perturbed graph falls far below.
 REDUCED_DECODER_MIN_MASK_IOU = 0.97
 REDUCED_DECODER_MAX_IOU_DIFF = 0.02
-PREP_CACHE_SIZE = 4  # embeddings whose decoder_prep outputs are kept (OnnxRuntime.prepared)
+# decoder_prep outputs kept (OnnxRuntime.prepared), ~10 MB each: the last 4 slices decoded, each
+# possibly twice (the fp32 decoder's and the bf16 screening twin's, after a click on that slice)
+PREP_CACHE_SIZE = 8
 DECODE_CHUNK = 16  # prompts per decoder call (OnnxRuntime.decode_all)
 
 
