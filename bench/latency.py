@@ -8,13 +8,15 @@ call of each per iteration) and medians are reported, because the machine may be
 background load slows every runtime alike instead of whichever happened to run during it.
 Measured:
 - encode: one 256 x 256 slice through the image encoder (median ms);
-- decode: one box prompt against a cached embedding, up to the mask on the slice grid (median ms);
+- decode: one box prompt against a cached embedding, up to the mask on the slice grid (median ms;
+  rounds of DECODE_BLOCK prompts per runtime, see the loop for why not single calls);
   the reference decode is its prompt encoder + mask decoder + `postprocess_masks`, as its forward
   runs them after the encoder. clinseg runs the image-only part of the decoder once per
   embedding (models/runtime.py), so its first prompt on a slice costs more: measured separately
   ("first prompt on a slice", a new embedding object every time). Also measured, for the
   trade-off: OpenVINO's decoders in bf16 (opt-in, CLINSEG_DECODER_PRECISION=bf16) on CPUs with
-  native bf16, decode time and Dice (RESULT extras decode_bf16_ms, dice_delta_bf16);
+  native bf16, decode time and Dice (RESULT extras decode_bf16_ms, dice_delta_bf16), and where the
+  default decoder is the mixed-precision one, the fp32 decoder's time (decode_f32_ms);
 - cycle: `app.pipeline.segment` with the slice already embedded (the app's path for a new box:
   content hash, cache hit, decode, mask), and, for information, a click turned into box proposals
   by prompting/clicks.py (one batch decode of all proposals + refinement);
@@ -48,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 THREADS = 2
+DECODE_BLOCK = 5  # decodes timed in a row per runtime and round (see the decoder loop)
 COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 
 
@@ -97,9 +100,10 @@ def clinseg_segmenters():
     return eager, onnx, default
 
 
-def bf16_decoder_segmenter(eager):
-    """The default runtime with OpenVINO's decoders in bf16 (opt-in: CLINSEG_DECODER_PRECISION=bf16),
-    measured beside the default so the trade-off (speed vs Dice) is in one run; None without bf16."""
+def decoder_variant(eager, decoder_precision: str):
+    """The default runtime with OpenVINO's decoders in another precision (bf16: opt-in,
+    CLINSEG_DECODER_PRECISION=bf16; f32: the default where the CPU has no native bf16), measured
+    beside the default so the trade-off (speed vs Dice) is in one run; None where unavailable."""
     from models.openvino_runtime import native_bf16, openvino_available
     from models.runtime import attach_runtime
     from models.sam_backend import SamSegmenter
@@ -107,8 +111,8 @@ def bf16_decoder_segmenter(eager):
     if not (openvino_available() and native_bf16()):
         return None
     seg = SamSegmenter(eager.name, eager.sam, eager.preprocessing, version=eager.version)
-    rep = attach_runtime(seg, "openvino", threads=THREADS, decoder_precision="bf16")
-    return seg if rep.decoder_precision == "bf16" else None
+    rep = attach_runtime(seg, "openvino", threads=THREADS, decoder_precision=decoder_precision)
+    return seg if rep.decoder_precision == decoder_precision else None
 
 
 def real_slice():
@@ -224,18 +228,29 @@ def main() -> None:
     box256 = np.array([box[0] * 256 / W, box[1] * 256 / H, box[2] * 256 / W, box[3] * 256 / H], np.float32)
     with torch.no_grad():
         ref_emb = ref.image_encoder(x)
-    bf16dec = bf16_decoder_segmenter(eager)
+    bf16dec = decoder_variant(eager, "bf16")
+    f32dec = decoder_variant(eager, "f32") if rep.decoder_precision != "f32" else None
     emb_o = onnx.embed(img)
-    d_default, d_eager, d_ref, d_first, d_onnx, d_bf16 = [], [], [], [], [], []
-    for _ in range(2 * args.iters):
-        d_default.append(ms(default.decode, emb_d, prompt))
-        d_eager.append(ms(eager.decode, emb_e, prompt))
-        d_onnx.append(ms(onnx.decode, emb_o, prompt))
-        if bf16dec is not None:
-            d_bf16.append(ms(bf16dec.decode, emb_d, prompt))  # emb_d: the same bf16 embedding
-        d_ref.append(ms(reference_decode, ref, ref_emb, box256, (H, W)))
-        fresh = dataclasses.replace(emb_d, features=emb_d.features.clone())  # a slice never decoded on
-        d_first.append(ms(default.decode, fresh, prompt))
+    d_default, d_eager, d_ref, d_first, d_onnx, d_bf16, d_f32 = [], [], [], [], [], [], []
+    # Interleaved in blocks: each runtime runs DECODE_BLOCK prompts in a row after one untimed call.
+    # Interleaving single calls measured each decode right after another runtime's, and ONNX
+    # Runtime's worker threads keep spinning on the cores for a while after a call (measured: the
+    # default decoder took 22.8 ms right after an ONNX Runtime call, 15.2 ms in a row): a user's
+    # session runs one runtime, so each is timed in its own steady state, rounds still interleaved.
+    decoders = [(d_default, default.decode, (emb_d, prompt)), (d_eager, eager.decode, (emb_e, prompt)),
+                (d_onnx, onnx.decode, (emb_o, prompt)), (d_ref, reference_decode, (ref, ref_emb, box256, (H, W)))]
+    if bf16dec is not None:
+        decoders.append((d_bf16, bf16dec.decode, (emb_d, prompt)))  # emb_d: the same bf16 embedding
+    if f32dec is not None:
+        decoders.append((d_f32, f32dec.decode, (emb_d, prompt)))
+    for _ in range(max(1, 2 * args.iters // DECODE_BLOCK)):
+        for times, f, call_args in decoders:
+            f(*call_args)
+            times.extend(ms(f, *call_args) for _ in range(DECODE_BLOCK))
+        default.decode(emb_d, prompt)
+        for _ in range(DECODE_BLOCK):
+            fresh = dataclasses.replace(emb_d, features=emb_d.features.clone())  # a slice never decoded on
+            d_first.append(ms(default.decode, fresh, prompt))
 
     # -- the app's loop: a new box on a slice already embedded; a click -> box proposals ----
     session = SliceSession.open(vol, 90, None)
@@ -296,6 +311,8 @@ def main() -> None:
           f"   speed-up vs eager x{enc_e / enc_d:.2f} (ONNX Runtime x{enc_e / enc_o:.2f})")
     print(f"{'  encode ms min':34s} {min(t_default):10.0f} {min(t_eager):12.0f} {min(t_ref):10.0f} {min(t_onnx):13.0f}")
     print(f"{'decode ms / box (median of %d)' % (2 * args.iters):34s} {dec_d:10.1f} {dec_e:12.1f} {dec_r:10.1f} {med(d_onnx):13.1f}")
+    if d_f32:
+        print(f"{'  with the fp32 decoder':34s} {med(d_f32):10.1f}")
     if d_bf16:
         print(f"{'  with the bf16 decoder (opt-in)':34s} {med(d_bf16):10.1f}")
     print(f"{'  first prompt on a slice ms':34s} {med(d_first):10.1f}")
@@ -311,9 +328,9 @@ def main() -> None:
     dice_delta = max((abs(v) for v in deltas), default=float("nan"))
     if dice_bf16:
         print(f"{'  with the bf16 decoder (opt-in)':34s} " + ", ".join(f"{k} {v:+.4f}" for k, v in dice_bf16.items()))
-    extra = ""
+    extra = f" decode_f32_ms={med(d_f32):.2f}" if d_f32 else ""
     if d_bf16:
-        extra = f" decode_bf16_ms={med(d_bf16):.2f}"
+        extra += f" decode_bf16_ms={med(d_bf16):.2f}"
         if dice_bf16:
             extra += f" dice_delta_bf16={max(abs(v) for v in dice_bf16.values()):.4f}"
     print(f"runtime: {rep.active}, encoder {rep.precision}, decoder {rep.decoder_runtime} {rep.decoder_precision}; targets: encode <= 500 ms and >= 2.7x eager, decode <= 15 ms, cycle <= 100 ms, |dice delta| < 0.005")

@@ -32,16 +32,21 @@ OPSET = 17
 # 2: + decoder_prep.onnx / decoder_nomask.onnx (the image-only part of the decoder, once per slice).
 # 3: decoder.onnx only for prompts with a previous mask (no has_mask_input), same layout as nomask.
 # 4: the image->token softmax over the tokens axis of (B, heads, T, N) (see _HeadAttention).
-EXPORT_FORMAT = 4
+# 5: + decoder_layers.onnx / decoder_output.onnx (decoder_nomask in two, for the mixed-precision
+#    decoder); the upscaling's LayerNorm folded into its product, the final attention's key PE as a constant.
+EXPORT_FORMAT = 5
 ONNX_DIR_ENV = "CLINSEG_ONNX_DIR"
 MANIFEST = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 DECODER_PREP_FILE = "decoder_prep.onnx"
 DECODER_NOMASK_FILE = "decoder_nomask.onnx"
+DECODER_LAYERS_FILE = "decoder_layers.onnx"
+DECODER_OUTPUT_FILE = "decoder_output.onnx"
 PROBE_FILE = "probe_reference.npz"
-GRAPH_FILES = (ENCODER_FILE, DECODER_FILE, DECODER_PREP_FILE, DECODER_NOMASK_FILE)
+GRAPH_FILES = (ENCODER_FILE, DECODER_FILE, DECODER_PREP_FILE, DECODER_NOMASK_FILE, DECODER_LAYERS_FILE, DECODER_OUTPUT_FILE)
 PREP_OUTPUTS = ("keys0", "t2i_k", "t2i_v", "i2t_q")  # decoder_prep's outputs = decoder_nomask's first inputs
+LAYERS_OUTPUTS = ("queries", "keys", "tokens")  # decoder_layers' outputs = decoder_output's inputs
 
 
 def clinseg_version() -> str:
@@ -101,6 +106,8 @@ class ExportManifest:
     export_s: float
     decoder_prep: str = DECODER_PREP_FILE
     decoder_nomask: str = DECODER_NOMASK_FILE
+    decoder_layers: str = DECODER_LAYERS_FILE
+    decoder_output: str = DECODER_OUTPUT_FILE
     export_format: int = EXPORT_FORMAT
 
     def to_json(self) -> str:
@@ -192,9 +199,13 @@ class _HeadAttention:
     def _merge(self, o: torch.Tensor, t: int) -> torch.Tensor:  # (B, heads*T, C') -> (B, T, C'), each head's slice
         return (o.reshape(o.shape[0], self.heads, t, -1) * self.mask).sum(1)
 
-    def tokens_to_image(self, q_in: torch.Tensor, k_img: torch.Tensor, v_img: torch.Tensor, projected: bool = False) -> torch.Tensor:
+    def tokens_to_image(self, q_in: torch.Tensor, k_img: torch.Tensor, v_img: torch.Tensor, projected: bool = False,
+                        k_pe: torch.Tensor | None = None) -> torch.Tensor:
         """Prompt tokens attend to the image. k_img, v_img (B or 1, N, .): the attention's key and
-        value inputs, or (projected=True) their projections, as decoder_prep provides them."""
+        value inputs, or (projected=True) their projections, as decoder_prep provides them.
+        k_pe (N, C): a positional encoding the keys are k_img + k_pe, taken in through its
+        projection, a constant (C', N) matrix: one (heads*T x C' x N) product instead of a pass
+        over the (B, N, C) sum (measured in decoder_output, bf16: an fp32 pass of 0.4 ms)."""
         a = self.attn
         q = _lin(q_in, a.q_proj)
         t = q.shape[1]
@@ -203,6 +214,8 @@ class _HeadAttention:
             s = qb @ k_img.transpose(1, 2)
         else:
             s = (qb @ a.k_proj.weight) @ k_img.transpose(1, 2) + (qb @ a.k_proj.bias).unsqueeze(-1)
+        if k_pe is not None:
+            s = s + qb @ (a.k_proj.weight @ k_pe.transpose(0, 1))
         w = torch.softmax(s, dim=-1)  # (B, heads*T, N)
         o = w @ v_img if projected else torch.nn.functional.linear(w @ v_img, a.v_proj.weight, a.v_proj.bias)
         return _lin(self._merge(o, t), a.out_proj)
@@ -226,6 +239,13 @@ class _HeadAttention:
         b, n = s.shape[0], q_img.shape[1]
         w = torch.softmax(s.reshape(b, self.heads, -1, n), dim=2).reshape(b, -1, n)  # (B, heads*T, N)
         return w.transpose(1, 2) @ vo  # = heads concatenated, then out_proj
+
+
+def _transposed_conv_as_matmul(ct: nn.ConvTranspose2d):
+    """A 2x2 stride-2 ConvTranspose2d as one product per input pixel: weight (C_in, C_out, 2, 2)
+    -> (C_in, 2*2*C_out), columns (a, b, c_out); bias repeated; C_out."""
+    cin, cout = ct.weight.shape[:2]
+    return ct.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), ct.bias.repeat(4), cout
 
 
 def _head_mask(attn) -> torch.Tensor:
@@ -278,6 +298,13 @@ class DecoderNoMaskModel(nn.Module):
         self.grid = tuple(sam.prompt_encoder.image_embedding_size)
         tr = sam.mask_decoder.transformer
         self.register_buffer("head_mask", _head_mask(tr.final_attn_token_to_image), persistent=False)
+        # the upscaling's first product with its LayerNorm's mean subtraction folded in (_upscale_and_mask)
+        with torch.no_grad():
+            w1, b1, c1 = _transposed_conv_as_matmul(sam.mask_decoder.output_upscaling[0])
+            centre = torch.eye(c1) - 1.0 / c1
+            self.register_buffer("up_w1", (w1.reshape(-1, 4, c1) @ centre).reshape(-1, 4 * c1).contiguous(), persistent=False)
+            self.register_buffer("up_b1", (b1.reshape(4, c1) @ centre).reshape(-1).contiguous(), persistent=False)
+            self.register_buffer("up_average", torch.kron(torch.eye(4), torch.full((c1, 1), 1.0 / c1)), persistent=False)
 
     def _att(self, attn) -> _HeadAttention:
         return _HeadAttention(attn, self.head_mask)
@@ -288,6 +315,10 @@ class DecoderNoMaskModel(nn.Module):
     def _decode(self, keys0, t2i_k, t2i_v, i2t_q, point_coords, point_labels, projected: bool):
         """projected: t2i_k, t2i_v, i2t_q are layer 0's projections (decoder_prep's outputs);
         else its raw inputs (keys0 + PE, keys0, keys0 + PE)."""
+        return self._output(*self._layers(keys0, t2i_k, t2i_v, i2t_q, point_coords, point_labels, projected))
+
+    def _layers(self, keys0, t2i_k, t2i_v, i2t_q, point_coords, point_labels, projected: bool):
+        """The two-way layers: (queries, keys, tokens) for `_output`."""
         md = self.mask_decoder
         tr = md.transformer
         sparse = self.points._embed_points(point_coords, point_labels)
@@ -311,8 +342,14 @@ class DecoderNoMaskModel(nn.Module):
             queries = layer.norm2(queries + self._att(layer.cross_attn_token_to_image).tokens_to_image(queries + tokens, kpe, keys))
             queries = layer.norm3(queries + layer.mlp(queries))
             keys = layer.norm4(keys + self._att(layer.cross_attn_image_to_token).image_to_tokens(kpe, queries + tokens, queries))
+        return queries, keys, tokens
 
-        attn_out = self._att(tr.final_attn_token_to_image).tokens_to_image(queries + tokens, keys + key_pe, keys)
+    def _output(self, queries, keys, tokens):
+        """The final token->image attention, the IoU head, the hypernetworks and the upscaling:
+        (low_res_logits, iou_predictions)."""
+        md = self.mask_decoder
+        tr = md.transformer
+        attn_out = self._att(tr.final_attn_token_to_image).tokens_to_image(queries + tokens, keys, keys, k_pe=self.pe_tokens[0])
         hs = tr.norm_final_attn(queries + attn_out)
 
         hyper = torch.stack([md.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in range(md.num_mask_tokens)], dim=1)
@@ -332,19 +369,40 @@ class DecoderNoMaskModel(nn.Module):
         b, hw, _ = keys.shape
         h, w = self.grid
 
-        def as_matmul(ct: nn.ConvTranspose2d):  # weight (C_in, C_out, 2, 2) -> (C_in, 2*2*C_out)
-            cin, cout = ct.weight.shape[:2]
-            return ct.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout), ct.bias.repeat(4), cout
-
-        w1, b1, c1 = as_matmul(ct1)
-        x = torch.addmm(b1, keys.reshape(b * hw, -1), w1).reshape(b * hw * 4, c1)  # rows (i, j, a, b)
-        x = act1(torch.nn.functional.layer_norm(x, (c1,), ln.weight, ln.bias, ln.eps))
-        w2, b2, c2 = as_matmul(ct2)
+        # LayerNorm2d over each sub-pixel's c1 channels without a normalisation pass over rows of
+        # c1 = 64 values (slow in OpenVINO: ~1 ms for the 1M values here): its mean subtraction is
+        # linear, so it is folded into the product's weights (see __init__: up_w1, up_b1), and the
+        # variances of the 4 sub-pixels come from one small product with a block-averaging matrix.
+        c1 = ct1.weight.shape[1]
+        y = torch.addmm(self.up_b1, keys.reshape(b * hw, -1), self.up_w1)  # (b*hw, 4*c1), columns (a, b, c_out), centred
+        scale = torch.rsqrt((y * y) @ self.up_average + ln.eps)  # (b*hw, 4)
+        x = (y.reshape(b * hw, 4, c1) * scale.unsqueeze(-1)).reshape(b * hw * 4, c1)  # rows (i, j, a, b)
+        x = act1(x * ln.weight + ln.bias)
+        w2, b2, c2 = _transposed_conv_as_matmul(ct2)
         x = act2(torch.addmm(b2, x, w2).reshape(b, hw * 16, c2))  # rows (i, j, a, b, c, d)
         t = hyper.shape[1]
         m = (x @ hyper.transpose(1, 2)).reshape(b, h, w, 2, 2, 2, 2, t)  # [i, j, a, b, c, d, t]
         # pixel (4i + 2a + c, 4j + 2b + d)
         return m.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, t, 4 * h, 4 * w)
+
+
+class DecoderLayersModel(DecoderNoMaskModel):
+    """decoder_nomask in two graphs for the mixed-precision decoder (OpenVINO on CPUs with native
+    bf16, models/openvino_runtime.py: MixedPrecisionDecoder): this one, the two-way layers, runs
+    in fp32; DecoderOutputModel, the rest, in bf16.
+
+    Inputs: decoder_nomask's. Outputs: queries (B, T, C), keys (B, HW, C), tokens (B, T, C)."""
+
+    def forward(self, keys0, t2i_k, t2i_v, i2t_q, point_coords, point_labels):
+        return self._layers(keys0, t2i_k, t2i_v, i2t_q, point_coords, point_labels, projected=True)
+
+
+class DecoderOutputModel(DecoderNoMaskModel):
+    """The second half of decoder_nomask (see DecoderLayersModel): final attention, IoU head,
+    hypernetworks, upscaling. Inputs: queries, keys, tokens. Outputs: low_res_logits, iou_predictions."""
+
+    def forward(self, queries, keys, tokens):
+        return self._output(queries, keys, tokens)
 
 
 class DecoderMaskModel(DecoderNoMaskModel):
@@ -394,7 +452,10 @@ def export_decoder(sam: Sam, path: Path, embedding: torch.Tensor) -> None:
              "mask_input": {0: "prompts"}, "low_res_logits": {0: "prompts"}, "iou_predictions": {0: "prompts"}})
 
 
-def export_decoder_split(sam: Sam, prep_path: Path, nomask_path: Path, embedding: torch.Tensor) -> None:
+def export_decoder_split(sam: Sam, prep_path: Path, nomask_path: Path, embedding: torch.Tensor,
+                         layers_path: Path | None = None, output_path: Path | None = None) -> None:
+    """decoder_prep.onnx + decoder_nomask.onnx; with layers_path/output_path also decoder_nomask
+    in two halves (decoder_layers.onnx, decoder_output.onnx)."""
     prep = DecoderPrepModel(sam).eval()
     _export(prep, (embedding,), prep_path, ["image_embeddings"], list(PREP_OUTPUTS), None)
     with torch.no_grad():
@@ -406,6 +467,17 @@ def export_decoder_split(sam: Sam, prep_path: Path, nomask_path: Path, embedding
     _export(DecoderNoMaskModel(sam).eval(), (*pre, coords, labels), nomask_path,
             [*PREP_OUTPUTS, "point_coords", "point_labels"],
             ["low_res_logits", "iou_predictions"], dyn)
+    if layers_path is None or output_path is None:
+        return
+    layers = DecoderLayersModel(sam).eval()
+    mid_axes = {"queries": {0: "prompts", 1: "tokens"}, "keys": {0: "prompts"}, "tokens": {0: "prompts", 1: "tokens"}}
+    _export(layers, (*pre, coords, labels), layers_path, [*PREP_OUTPUTS, "point_coords", "point_labels"],
+            list(LAYERS_OUTPUTS), {**dyn, **mid_axes})
+    with torch.no_grad():
+        mid = layers(*pre, coords, labels)
+    _export(DecoderOutputModel(sam).eval(), tuple(mid), output_path, list(LAYERS_OUTPUTS),
+            ["low_res_logits", "iou_predictions"],
+            {**mid_axes, "low_res_logits": {0: "prompts"}, "iou_predictions": {0: "prompts"}})
 
 
 def torch_probe_reference(segmenter) -> dict[str, np.ndarray]:
@@ -434,7 +506,7 @@ def export_onnx(segmenter, root: str | os.PathLike | None = None, force: bool = 
     export_encoder(segmenter.sam, folder / ENCODER_FILE, size)
     export_decoder(segmenter.sam, folder / DECODER_FILE, torch.from_numpy(ref["embedding"]))
     export_decoder_split(segmenter.sam, folder / DECODER_PREP_FILE, folder / DECODER_NOMASK_FILE,
-                         torch.from_numpy(ref["embedding"]))
+                         torch.from_numpy(ref["embedding"]), folder / DECODER_LAYERS_FILE, folder / DECODER_OUTPUT_FILE)
     tmp = folder / f"{PROBE_FILE}.tmp{os.getpid()}.npz"
     np.savez(tmp, **ref)
     os.replace(tmp, folder / PROBE_FILE)

@@ -7,11 +7,13 @@ Why: the encoder is the one slow step. On this project's 2-core machine ONNX Run
 bf16 changes the embedding (cosine ~0.999 to fp32), so it is used only where the CPU has it, only
 after the probe check below, and its Dice on the dev sets is measured by bench/latency.py.
 
-The prompt encoder + mask decoder graphs run on OpenVINO too, in f32 by default (~21 ms a box
-prompt on 2 cores vs ~25 ms on ONNX Runtime, same logits to ~3e-5). In bf16 (opt-in:
-`decoder_precision="bf16"` or CLINSEG_DECODER_PRECISION=bf16) they take ~11-13 ms, but masks move:
-with the bf16 encoder, the brain dev set's mean Dice moved by 0.0055 vs PyTorch (fp32 decoder:
-0.0022), over the 0.005 a reduced precision may cost, so bf16 is not the default. Three things
+The prompt encoder + mask decoder graphs run on OpenVINO too. Where the CPU has native bf16 the
+default is a mixed-precision decoder (MixedPrecisionDecoder: the two-way layers fp32, the rest
+bf16), ~13-15 ms a box prompt on 2 cores vs ~18-20 ms all fp32 (`decoder_precision="f32"`, the
+default elsewhere; logits equal to PyTorch's to ~3e-5) and ~25 ms on ONNX Runtime. All in bf16
+(opt-in: `decoder_precision="bf16"` or CLINSEG_DECODER_PRECISION=bf16) they take ~11-13 ms, but
+masks move: with the bf16 encoder, the brain dev set's mean Dice moved by 0.0055 vs PyTorch
+(fp32 decoder: 0.0022), over the 0.005 a reduced precision may cost, so bf16 is not the default. Three things
 make the OpenVINO decoder fast (each measured, docs/speed.md): the image->token softmax laid out
 with the 4096 image tokens as its inner axis (onnx_export._HeadAttention), OpenVINO's "snippets"
 fusion switched off for these graphs (in bf16 it ran the attention's softmax + product in AVX-512
@@ -31,6 +33,8 @@ import numpy as np
 import torch
 
 PRECISIONS = ("auto", "f32", "bf16")
+# The decoders may also run "mixed": the two-way layers fp32, the rest bf16 (MixedPrecisionDecoder)
+DECODER_PRECISIONS = ("auto", "f32", "mixed", "bf16")
 
 
 def openvino_available() -> bool:
@@ -65,6 +69,19 @@ def resolve_precision(requested: str) -> str:
     return requested
 
 
+def resolve_decoder_precision(requested: str) -> str:
+    """auto -> mixed where the CPU computes bf16 natively, else f32; mixed and bf16 need native bf16."""
+    if requested not in DECODER_PRECISIONS:
+        raise ValueError(f"unknown decoder precision {requested!r}; choose one of {', '.join(DECODER_PRECISIONS)}")
+    if requested == "auto":
+        return "mixed" if native_bf16() else "f32"
+    if requested == "mixed":
+        if not native_bf16():
+            raise ValueError("this CPU has no native bfloat16 (AVX512-BF16/AMX); use decoder precision f32")
+        return "mixed"
+    return resolve_precision(requested)
+
+
 class CancelToken:
     """What `VolumePrecomputer` sets to abandon the slice in flight (ONNX Runtime's RunOptions has
     the same `terminate` attribute)."""
@@ -83,6 +100,7 @@ class OpenVinoGraph:
     def __init__(self, onnx_path: Path, threads: int, precision: str, fuse_snippets: bool = True):
         import openvino as ov
 
+        self.path = Path(onnx_path)
         self.precision = precision
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": int(threads),
@@ -101,12 +119,39 @@ class OpenVinoGraph:
             req = self._local.request = self.compiled.create_infer_request()
         return req
 
-    def run(self, feeds: dict) -> list[np.ndarray]:
+    def run(self, feeds: dict, share_outputs: bool = False) -> list[np.ndarray]:
         """Outputs in graph order, copied out of the request. The inputs (C-contiguous float32)
         are read in place, not copied (a slice's decoder_prep outputs are ~10 MB): the caller
-        must not modify them during the call."""
-        out = self._request().infer(feeds, share_inputs=True)
+        must not modify them during the call. share_outputs: the outputs are views of the
+        request's own buffers, valid only until this thread's next call of this graph."""
+        out = self._request().infer(feeds, share_inputs=True, share_outputs=share_outputs)
         return [out[o] for o in self.outputs]
+
+
+class MixedPrecisionDecoder:
+    """decoder_nomask as its two exported halves: the two-way layers in fp32, then the final
+    attention, the heads and the upscaling in bf16 (`decoder_layers.onnx`, `decoder_output.onnx`,
+    onnx_export.DecoderLayersModel / DecoderOutputModel).
+
+    Why this cut (dev-set Dice, docs/speed.md): the whole decoder in bf16 moved the brain set's
+    mean Dice by 0.0034 more than the fp32 decoder (0.0055 in all with the bf16 encoder, over the
+    0.005 a reduced precision may cost); bf16 after the layers moved no set by more than 0.0003,
+    and runs the upscaling's two large products (~0.4 GMAC, a third of the fp32 decoder's time)
+    on the bf16 matrix units. One layer earlier (the last image->token attention in bf16 too)
+    already moved the brain set by 0.0012. Why two graphs: with explicit bf16 Casts around those
+    products in one fp32 graph, OpenVINO ran the Casts and the then unfused bias additions as
+    separate passes (measured slower than the fp32 decoder). Same `run(feeds)` as OpenVinoGraph."""
+
+    def __init__(self, layers_path: Path, output_path: Path, threads: int):
+        self.layers = OpenVinoGraph(layers_path, threads, "f32", fuse_snippets=False)
+        self.output = OpenVinoGraph(output_path, threads, "bf16", fuse_snippets=False)
+        self.names = [o.get_any_name() for o in self.layers.outputs]
+        self.path = self.output.path
+
+    def run(self, feeds: dict) -> list[np.ndarray]:
+        # the layers' outputs (4 MB of image tokens a prompt) go to the second half without a copy
+        mid = self.layers.run(feeds, share_outputs=True)
+        return self.output.run(dict(zip(self.names, mid)))
 
 
 class OpenVinoEncoder(OpenVinoGraph):

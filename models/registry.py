@@ -17,7 +17,7 @@ from .weights import LITEMEDSAM_SHA256, LITEMEDSAM_SIZE, litemedsam_checkpoint_p
 
 CHECKPOINT_DIR_ENV = "CLINSEG_CHECKPOINT_DIR"
 PRECISION_ENV = "CLINSEG_ENCODER_PRECISION"  # auto | f32 | bf16: the OpenVINO encoder's precision
-DECODER_PRECISION_ENV = "CLINSEG_DECODER_PRECISION"  # f32 (default) | bf16 | auto: the OpenVINO decoders' precision
+DECODER_PRECISION_ENV = "CLINSEG_DECODER_PRECISION"  # auto (default) | f32 | mixed | bf16: the OpenVINO decoders' precision
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,8 @@ def build_segmenter(name: str = "litemedsam", checkpoint: str | os.PathLike | No
     runtime: "torch" (PyTorch eager), "onnx" (ONNX Runtime; exports first if needed), "openvino"
     (the exported encoder on OpenVINO, in `precision` f32 or bf16; "auto", the default unless
     $CLINSEG_ENCODER_PRECISION says otherwise, = bf16 where the CPU has it natively; its decoders
-    in `decoder_precision`, f32 unless it or $CLINSEG_DECODER_PRECISION says bf16) or "auto"
+    in `decoder_precision`, "auto" unless it or $CLINSEG_DECODER_PRECISION says f32 / mixed / bf16:
+    mixed (fp32 layers, bf16 upscaling) where the CPU has native bf16, else f32) or "auto"
     (OpenVINO, else ONNX Runtime, when a validated export exists, else PyTorch); see
     models/runtime.py. The active runtime and the reason for it are in `segmenter.runtime_report`."""
     if name not in BACKENDS:
@@ -120,5 +121,5 @@ def build_segmenter(name: str = "litemedsam", checkpoint: str | os.PathLike | No
 
     attach_runtime(segmenter, runtime, threads=num_threads,
                    precision=precision or os.environ.get(PRECISION_ENV, "auto"),
-                   decoder_precision=decoder_precision or os.environ.get(DECODER_PRECISION_ENV, "f32"))
+                   decoder_precision=decoder_precision or os.environ.get(DECODER_PRECISION_ENV, "auto"))
     return segmenter

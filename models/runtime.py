@@ -243,15 +243,16 @@ class OnnxRuntime:
 
 class OpenVinoRuntime(OnnxRuntime):
     """The export's graphs compiled by OpenVINO: the encoder in `precision` (auto: bf16 where the
-    CPU has it natively), the decoders in `decoder_precision` (f32 by default: a bf16 decoder
-    moved the brain set's Dice by 0.0055, over the 0.005 allowed; models/openvino_runtime.py).
+    CPU has it natively), the decoders in `decoder_precision` (auto: "mixed", the two-way layers
+    fp32 and the rest bf16, where the CPU has native bf16, else f32; all-bf16 is opt-in: it moved
+    the brain set's Dice by 0.0055, over the 0.005 allowed; models/openvino_runtime.py).
     decoders="onnx": the decoders on ONNX Runtime fp32 instead (what attach_runtime falls back
     to when OpenVINO's decoders fail validation)."""
 
     name = "openvino"
 
     def __init__(self, folder: Path, sam: Sam, threads: int | None = None, precision: str = "auto",
-                 decoders: str = "openvino", decoder_precision: str = "f32"):
+                 decoders: str = "openvino", decoder_precision: str = "auto"):
         from . import openvino_runtime as ovr
 
         if decoders not in ("openvino", "onnx"):
@@ -259,7 +260,7 @@ class OpenVinoRuntime(OnnxRuntime):
         super().__init__(folder, sam, threads, load_encoder=False, load_decoders=decoders == "onnx")
         self.precision = ovr.resolve_precision(precision)
         self.decoder_runtime = decoders
-        self.decoder_precision = ovr.resolve_precision(decoder_precision) if decoders == "openvino" else "f32"
+        self.decoder_precision = ovr.resolve_decoder_precision(decoder_precision) if decoders == "openvino" else "f32"
         # bf16 embeddings differ from fp32 ones (cosine ~0.999): their cache entries must not mix
         self.encoder_tag = "" if self.precision == "f32" else self.precision
         n = int(threads or torch.get_num_threads())
@@ -268,17 +269,23 @@ class OpenVinoRuntime(OnnxRuntime):
         try:
             self.ov_encoder = ovr.OpenVinoEncoder(path, n, self.precision)
             if decoders == "openvino":
+                # mixed: decoder_prep and the refinement decoder (a previous mask) stay fp32
+                whole = "f32" if self.decoder_precision == "mixed" else self.decoder_precision
                 graphs = []
                 for name in (m.decoder_prep, m.decoder_nomask, m.decoder):
                     path = self.folder / name
-                    graphs.append(ovr.OpenVinoGraph(path, n, self.decoder_precision, fuse_snippets=False))
+                    graphs.append(ovr.OpenVinoGraph(path, n, whole, fuse_snippets=False))
                 self.ov_prep, self.ov_nomask, self.ov_mask = graphs
+                if self.decoder_precision == "mixed":
+                    path = self.folder / m.decoder_output
+                    self.ov_nomask = ovr.MixedPrecisionDecoder(self.folder / m.decoder_layers, path, n)
         except Exception as e:  # OpenVINO raises its own RuntimeError subclasses for unreadable graphs
             raise OnnxValidationError(f"OpenVINO cannot compile {path} ({type(e).__name__}: {str(e)[:200]})") from e
-        # fp32 decoders on a bf16 CPU: bf16 twins of the prompt graphs rank a click's ~60 box
-        # proposals ~1.7x faster; the chosen box is then decoded in fp32 (validate_onnx checks them)
+        # fp32 / mixed decoders on a bf16 CPU: all-bf16 twins of the prompt graphs rank a click's
+        # ~60 box proposals ~1.7x faster; the chosen box is then decoded by the main decoder
+        # (validate_onnx checks the twins)
         self.screen_prep = self.screen_nomask = None
-        if decoders == "openvino" and self.decoder_precision == "f32" and ovr.native_bf16():
+        if decoders == "openvino" and self.decoder_precision in ("f32", "mixed") and ovr.native_bf16():
             try:
                 self.screen_prep, self.screen_nomask = (
                     ovr.OpenVinoGraph(self.folder / name, n, "bf16", fuse_snippets=False)
@@ -295,8 +302,8 @@ class OpenVinoRuntime(OnnxRuntime):
 
     @property
     def description(self) -> str:
-        dec = (f"OpenVINO decoder ({self.decoder_precision})" if self.decoder_runtime == "openvino"
-               else "ONNX Runtime decoder")
+        prec = "mixed: fp32 layers, bf16 output" if self.decoder_precision == "mixed" else self.decoder_precision
+        dec = f"OpenVINO decoder ({prec})" if self.decoder_runtime == "openvino" else "ONNX Runtime decoder"
         return f"OpenVINO encoder ({self.precision}) + {dec}"
 
     def new_run_options(self):
@@ -424,14 +431,15 @@ def onnxruntime_available() -> bool:
 
 
 def attach_runtime(segmenter, requested: str = "auto", export_root=None, threads: int | None = None,
-                   precision: str = "auto", decoder_precision: str = "f32") -> RuntimeReport:
+                   precision: str = "auto", decoder_precision: str = "auto") -> RuntimeReport:
     """Choose the segmenter's runtime and record the choice in `segmenter.runtime_report`.
 
     torch: PyTorch eager. onnx: ONNX Runtime, exporting first if no export exists for these
     weights. openvino: the export's graphs compiled by OpenVINO (encoder `precision` auto: bf16
-    where the CPU computes it natively, else f32; decoders in `decoder_precision`, f32 unless
-    bf16 is asked for), or its encoder with ONNX Runtime's decoders when OpenVINO's fail
-    validation; exports first if needed.
+    where the CPU computes it natively, else f32; decoders in `decoder_precision`, auto: mixed
+    (fp32 layers, bf16 output) where the CPU has native bf16, else f32; a reduced-precision
+    decoder that fails validation is replaced by OpenVINO's fp32 decoders), or its encoder with
+    ONNX Runtime's decoders when OpenVINO's fail validation; exports first if needed.
     auto (default): OpenVINO, else ONNX Runtime, when a validated export exists; else PyTorch.
     Whenever a faster runtime was wanted but cannot be used, the next one down is used and the
     report (and a log line) says why."""
@@ -470,14 +478,22 @@ def attach_runtime(segmenter, requested: str = "auto", export_root=None, threads
             why_not_openvino = "OpenVINO is not installed"
         else:
             failures = []
-            # OpenVINO's decoders first; if they fail validation, its encoder with ONNX Runtime's
-            for decoders in ("openvino", "onnx"):
+            # OpenVINO's decoders first (a reduced-precision decoder, then fp32); if they fail
+            # validation, its encoder with ONNX Runtime's decoders
+            from .openvino_runtime import native_bf16
+
+            attempts = [("openvino", decoder_precision)]
+            if decoder_precision in ("mixed", "bf16") or (decoder_precision == "auto" and native_bf16()):
+                attempts.append(("openvino", "f32"))
+            attempts.append(("onnx", "f32"))
+            for decoders, dec_precision in attempts:
                 try:
                     rt = OpenVinoRuntime(folder, segmenter.sam, threads, precision, decoders=decoders,
-                                         decoder_precision=decoder_precision)
+                                         decoder_precision=dec_precision)
                     enc_diff, dec_diff = validate_onnx(rt, segmenter)
                 except Exception as e:  # OpenVINO/ONNX errors of every kind mean "use the next runtime down"
-                    failures.append(f"{'OpenVINO' if decoders == 'openvino' else 'OpenVINO encoder'} not used: {e}")
+                    what = f"OpenVINO ({dec_precision} decoder)" if decoders == "openvino" else "OpenVINO encoder"
+                    failures.append(f"{what} not used: {e}")
                     continue
                 segmenter.runtime = rt
                 enc = rt.encoder_check or f"max abs diff encoder {enc_diff:.1e}"

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import numpy_helper
 
 from models import onnx_export as ox
@@ -311,22 +312,32 @@ def _layout_prompts(torch_seg, emb, labels):
             box.with_mask_input(first.low_res_logits)]
 
 
-def test_openvino_decoders_are_fp32_by_default(openvino_seg):
+def test_openvino_decoders_are_mixed_where_bf16_is_native_else_fp32(openvino_seg, monkeypatch):
+    from models import openvino_runtime as ovr
+
     rep = openvino_seg.runtime_report
-    assert rep.decoder_runtime == "openvino" and rep.decoder_precision == "f32", rep.reason
-    assert "OpenVINO decoder (f32)" in rep.reason and rep.decoder_max_abs < 1e-2
+    want = "mixed" if ovr.native_bf16() else "f32"
+    assert rep.decoder_runtime == "openvino" and rep.decoder_precision == want, rep.reason
+    assert f"OpenVINO decoder ({want}" in rep.reason
+    monkeypatch.setattr(ovr, "native_bf16", lambda: False)
+    assert ovr.resolve_decoder_precision("auto") == "f32"
+    for reduced in ("mixed", "bf16"):
+        with pytest.raises(ValueError, match="no native bfloat16"):
+            ovr.resolve_decoder_precision(reduced)
+    with pytest.raises(ValueError, match="unknown decoder precision"):
+        ovr.resolve_decoder_precision("fp16")
 
 
-@pytest.mark.parametrize("decoder_precision", ["f32", "bf16"])
+@pytest.mark.parametrize("decoder_precision", ["f32", "mixed", "bf16"])
 def test_openvino_decoders_give_pytorchs_masks_for_every_prompt_layout(decoder_precision, segmenter, export_root, torch_seg, real_slice):
     from models.openvino_runtime import native_bf16
 
-    if decoder_precision == "bf16" and not native_bf16():
+    if decoder_precision != "f32" and not native_bf16():
         pytest.skip("this CPU has no native bf16")
     seg = _twin(segmenter)
     rep = attach_runtime(seg, "openvino", export_root=export_root, decoder_precision=decoder_precision)
     assert rep.active == "openvino" and rep.decoder_runtime == "openvino", rep.reason
-    assert rep.decoder_precision == decoder_precision and f"OpenVINO decoder ({decoder_precision})" in rep.reason
+    assert rep.decoder_precision == decoder_precision and f"OpenVINO decoder ({decoder_precision}" in rep.reason
     img, labels = real_slice
     emb = torch_seg.embed(img)  # one fp32 embedding: this isolates the decoder graphs
     exact = rep.decoder_precision == "f32"
@@ -337,7 +348,7 @@ def test_openvino_decoders_give_pytorchs_masks_for_every_prompt_layout(decoder_p
             if exact:
                 assert np.mean(want.mask != got.mask) < 1e-3 and diff.max() < 1e-2, p
                 assert abs(want.predicted_iou - got.predicted_iou) < 1e-3
-            else:  # bf16: logits move by ~0.1 on average (of |logits| up to ~30), masks by a few edge pixels
+            else:  # bf16 / mixed: logits move by ~0.1 on average (of |logits| up to ~30), masks by a few edge pixels
                 assert _dice(want.mask, got.mask) > 0.98 and diff.mean() < 0.25, (p, _dice(want.mask, got.mask), diff.mean())
                 assert abs(want.predicted_iou - got.predicted_iou) < 0.02
     batch = _layout_prompts(torch_seg, emb, labels)[:2]  # the split graphs, broadcast over prompts
@@ -350,14 +361,36 @@ def test_openvino_decoders_failing_validation_leave_onnx_runtimes_decoders(segme
 
     real_run = ovr.OpenVinoGraph.run
 
-    def wrong_logits(self, feeds):  # a broken decoder: every mask logit far below zero
-        return [o - 50.0 if o.ndim == 4 else o for o in real_run(self, feeds)]
+    def wrong_logits(self, feeds, **kw):  # a broken decoder: every mask logit far below zero
+        return [o - 50.0 if o.ndim == 4 else o for o in real_run(self, feeds, **kw)]
 
     monkeypatch.setattr(ovr.OpenVinoGraph, "run", wrong_logits)
     seg = _twin(segmenter)
     rep = attach_runtime(seg, "auto", export_root=export_root)
     assert rep.active == "openvino" and rep.decoder_runtime == "onnx" and rep.decoder_precision == "f32", rep.reason
-    assert "OpenVINO not used" in rep.reason and "decoder" in rep.reason and "ONNX Runtime decoder" in rep.reason
+    assert "OpenVINO (f32 decoder) not used" in rep.reason and "ONNX Runtime decoder" in rep.reason
+    img, labels = real_slice
+    emb = torch_seg.embed(img)
+    box = _layout_prompts(torch_seg, emb, labels)[0]
+    assert np.mean(torch_seg.decode(emb, box).mask != seg.decode(emb, box).mask) < 1e-3
+
+
+def test_a_failing_mixed_decoder_leaves_openvinos_fp32_decoders(segmenter, export_root, monkeypatch, torch_seg, real_slice):
+    from models import openvino_runtime as ovr
+
+    if not ovr.native_bf16():
+        pytest.skip("this CPU has no native bf16")
+    real_run = ovr.MixedPrecisionDecoder.run
+
+    def wrong_logits(self, feeds):  # the bf16 half broken: every mask logit far below zero
+        return [o - 50.0 if o.ndim == 4 else o for o in real_run(self, feeds)]
+
+    monkeypatch.setattr(ovr.MixedPrecisionDecoder, "run", wrong_logits)
+    seg = _twin(segmenter)
+    rep = attach_runtime(seg, "auto", export_root=export_root)
+    assert rep.active == "openvino" and rep.decoder_runtime == "openvino" and rep.decoder_precision == "f32", rep.reason
+    assert "OpenVINO (auto decoder) not used" in rep.reason and "probe mask IoU" in rep.reason
+    assert "OpenVINO decoder (f32)" in rep.reason
     img, labels = real_slice
     emb = torch_seg.embed(img)
     box = _layout_prompts(torch_seg, emb, labels)[0]
@@ -412,7 +445,7 @@ def _needs_bf16():
         pytest.skip("this CPU has no native bf16")
 
 
-def test_click_proposals_are_ranked_by_the_bf16_twin_and_the_chosen_box_decoded_in_fp32(openvino_seg, torch_seg, real_slice):
+def test_click_proposals_are_ranked_by_the_bf16_twin_and_the_chosen_box_decoded_by_the_main_decoder(openvino_seg, torch_seg, real_slice):
     _needs_bf16()
     from prompting import clicks
 
@@ -423,9 +456,13 @@ def test_click_proposals_are_ranked_by_the_bf16_twin_and_the_chosen_box_decoded_
     box = _layout_prompts(torch_seg, emb, labels)[0]
     exact, fast = openvino_seg.decode_logits(emb, [box]), openvino_seg.decode_logits(emb, [box], screening=True)
     want = torch_seg.decode_logits(emb, [box])
-    assert float((exact[0] - want[0]).abs().max()) < 1e-2  # the default decode stays fp32
-    assert 0 < float((fast[0] - want[0]).abs().max()) < 2.0  # the twin is bf16: close, not equal
-    assert _dice(fast[0][0, 0].numpy() > 0, want[0][0, 0].numpy() > 0) > 0.98
+    # the default decode: fp32 layers, bf16 output (mixed); the twin all bf16: both close, not equal
+    assert rep.decoder_precision == "mixed"
+    assert float((exact[0] - want[0]).abs().mean()) < 0.25
+    assert 0 < float((fast[0] - want[0]).abs().max()) < 2.0
+    for got in (exact, fast):
+        assert _dice(got[0][0, 0].numpy() > 0, want[0][0, 0].numpy() > 0) > 0.98
+    assert not torch.equal(exact[0], fast[0])  # two different graphs ran
     # a prompt with a previous mask never takes the screening path (no bf16 twin of that graph)
     refine = box.with_mask_input(torch_seg.decode(emb, box).low_res_logits)
     a, b = openvino_seg.decode_logits(emb, [refine], screening=True), torch_seg.decode_logits(emb, [refine])
@@ -449,7 +486,7 @@ def test_click_proposals_are_ranked_by_the_bf16_twin_and_the_chosen_box_decoded_
         del rt.decode_all
     assert calls_proposals and all(screening for _, screening in calls_proposals)
     assert sum(n for n, _ in calls_proposals) > 20  # the scale grid and its refinements
-    assert calls[-1] == (1, False)  # what the user sees: the chosen box, decoded in fp32
+    assert calls[-1] == (1, False)  # what the user sees: the chosen box, decoded by the main decoder
 
 
 def test_a_failing_screening_decoder_is_dropped_and_the_runtime_kept(segmenter, export_root, monkeypatch):
@@ -458,13 +495,14 @@ def test_a_failing_screening_decoder_is_dropped_and_the_runtime_kept(segmenter, 
 
     real_run = ovr.OpenVinoGraph.run
 
-    def broken_bf16(self, feeds):
-        out = real_run(self, feeds)
-        return [o - 50.0 if o.ndim == 4 and self.precision == "bf16" else o for o in out]
+    def broken_twin(self, feeds, **kw):  # the all-bf16 screening graphs only (not the mixed decoder's bf16 half)
+        out = real_run(self, feeds, **kw)
+        twin = self.precision == "bf16" and "point_coords" in feeds
+        return [o - 50.0 if o.ndim == 4 and twin else o for o in out]
 
-    monkeypatch.setattr(ovr.OpenVinoGraph, "run", broken_bf16)
+    monkeypatch.setattr(ovr.OpenVinoGraph, "run", broken_twin)
     seg = _twin(segmenter)
     rep = attach_runtime(seg, "auto", export_root=export_root)
-    assert rep.active == "openvino" and rep.decoder_runtime == "openvino" and rep.decoder_precision == "f32", rep.reason
+    assert rep.active == "openvino" and rep.decoder_runtime == "openvino" and rep.decoder_precision == "mixed", rep.reason
     assert rep.screening == "" and not seg.runtime.can_screen
     assert "bf16 screening decoder not used" in rep.reason
