@@ -9,11 +9,12 @@ after the probe check below, and its Dice on the dev sets is measured by bench/l
 
 The prompt encoder + mask decoder graphs run on OpenVINO too. Where the CPU has native bf16 the
 default is a mixed-precision decoder (MixedPrecisionDecoder: the two-way layers fp32, the rest
-bf16), ~13-15 ms a box prompt on 2 cores vs ~18-20 ms all fp32 (`decoder_precision="f32"`, the
-default elsewhere; logits equal to PyTorch's to ~3e-5) and ~25 ms on ONNX Runtime. All in bf16
-(opt-in: `decoder_precision="bf16"` or CLINSEG_DECODER_PRECISION=bf16) they take ~11-13 ms, but
-masks move: with the bf16 encoder, the brain dev set's mean Dice moved by 0.0055 vs PyTorch
-(fp32 decoder: 0.0022), over the 0.005 a reduced precision may cost, so bf16 is not the default. Three things
+bf16), ~0.8x the time of the all-fp32 one (13-19 ms vs 16-22 ms a box prompt on 2 cores, by the
+host's hour; `decoder_precision="f32"`, the default elsewhere, logits equal to PyTorch's to ~3e-5)
+and ~0.65x ONNX Runtime's. All in bf16 (opt-in: `decoder_precision="bf16"` or
+CLINSEG_DECODER_PRECISION=bf16) they take ~0.65x the fp32 time, but masks move: with the bf16
+encoder, the brain dev set's mean Dice moved by 0.0055 vs PyTorch (fp32 decoder: 0.0022), over the
+0.005 a reduced precision may cost, so bf16 is not the default. Three things
 make the OpenVINO decoder fast (each measured, docs/speed.md): the image->token softmax laid out
 with the 4096 image tokens as its inner axis (onnx_export._HeadAttention), OpenVINO's "snippets"
 fusion switched off for these graphs (in bf16 it ran the attention's softmax + product in AVX-512
@@ -100,7 +101,6 @@ class OpenVinoGraph:
     def __init__(self, onnx_path: Path, threads: int, precision: str, fuse_snippets: bool = True):
         import openvino as ov
 
-        self.path = Path(onnx_path)
         self.precision = precision
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": int(threads),
@@ -146,7 +146,6 @@ class MixedPrecisionDecoder:
         self.layers = OpenVinoGraph(layers_path, threads, "f32", fuse_snippets=False)
         self.output = OpenVinoGraph(output_path, threads, "bf16", fuse_snippets=False)
         self.names = [o.get_any_name() for o in self.layers.outputs]
-        self.path = self.output.path
 
     def run(self, feeds: dict) -> list[np.ndarray]:
         # the layers' outputs (4 MB of image tokens a prompt) go to the second half without a copy

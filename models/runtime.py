@@ -270,15 +270,18 @@ class OpenVinoRuntime(OnnxRuntime):
             self.ov_encoder = ovr.OpenVinoEncoder(path, n, self.precision)
             if decoders == "openvino":
                 # mixed: decoder_prep and the refinement decoder (a previous mask) stay fp32
-                whole = "f32" if self.decoder_precision == "mixed" else self.decoder_precision
+                mixed = self.decoder_precision == "mixed"
+                whole = "f32" if mixed else self.decoder_precision
                 graphs = []
-                for name in (m.decoder_prep, m.decoder_nomask, m.decoder):
+                for name in (m.decoder_prep, m.decoder) if mixed else (m.decoder_prep, m.decoder_nomask, m.decoder):
                     path = self.folder / name
                     graphs.append(ovr.OpenVinoGraph(path, n, whole, fuse_snippets=False))
-                self.ov_prep, self.ov_nomask, self.ov_mask = graphs
-                if self.decoder_precision == "mixed":
+                if mixed:
                     path = self.folder / m.decoder_output
+                    self.ov_prep, self.ov_mask = graphs
                     self.ov_nomask = ovr.MixedPrecisionDecoder(self.folder / m.decoder_layers, path, n)
+                else:
+                    self.ov_prep, self.ov_nomask, self.ov_mask = graphs
         except Exception as e:  # OpenVINO raises its own RuntimeError subclasses for unreadable graphs
             raise OnnxValidationError(f"OpenVINO cannot compile {path} ({type(e).__name__}: {str(e)[:200]})") from e
         # fp32 / mixed decoders on a bf16 CPU: all-bf16 twins of the prompt graphs rank a click's
