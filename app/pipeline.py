@@ -40,7 +40,7 @@ def segment(segmenter, session: SliceSession, prompt: PromptSet, multimask: bool
 
 
 def segment_best(segmenter, session: SliceSession, prompt: PromptSet, zoom: ZoomPolicy | None = ZoomPolicy()) -> Segmentation:
-    """One-shot path (CLI, batch, "refine" in the app): also tries a zoomed re-encode for small targets."""
+    """One-shot path (CLI, batch; the app's "Sharpen" runs its zoom step, app.actions.sharpen): also tries a zoomed re-encode for small targets."""
     seg = segment_adaptive(segmenter, session.image01, prompt, zoom)
     seg.slice_index = session.slice_index
     return seg

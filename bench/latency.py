@@ -261,7 +261,7 @@ def main() -> None:
     def click_to_mask():
         e = default.embed(session.image01)
         p = clicks.propose_from_points(default, e, session.image01, (click,))
-        return segment(default, session, p)
+        return segment(default, session, clicks.decoder_prompt(default, p))  # what app.actions.run_prompt decodes
 
     click_ms = [ms(click_to_mask) for _ in range(5)]
 

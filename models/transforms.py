@@ -88,3 +88,21 @@ class SliceTransform:
             up = cv2.resize(plane, (self.target, self.target), interpolation=cv2.INTER_LINEAR)[:ih, :iw]
             out[i] = cv2.resize(up, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w)
         return out.reshape(*lead, h, w)
+
+    def image_to_logits_np(self, logits: np.ndarray, side: int, fill: float = -20.0) -> np.ndarray:
+        """Logits on the slice grid (..., H, W) -> the (..., side, side) low-resolution model frame
+        (`logits_to_image_np`'s inverse up to resampling): resized to the input's content size,
+        padded with `fill` (certain background, as SAM's empty mask prompt) to S x S, then to `side`.
+        Puts a mask decoded elsewhere (a zoomed crop) into this slice's frame, e.g. as a mask prompt."""
+        import cv2
+
+        arr = np.asarray(logits, dtype=np.float32)
+        ih, iw = self.input_size
+        lead = arr.shape[:-2]
+        flat = arr.reshape(-1, *arr.shape[-2:])
+        out = np.empty((flat.shape[0], side, side), np.float32)
+        for i, plane in enumerate(flat):
+            sq = np.full((self.target, self.target), fill, np.float32)
+            sq[:ih, :iw] = cv2.resize(plane, (iw, ih), interpolation=cv2.INTER_LINEAR).reshape(ih, iw)
+            out[i] = sq if side == self.target else cv2.resize(sq, (side, side), interpolation=cv2.INTER_LINEAR)
+        return out.reshape(*lead, side, side)

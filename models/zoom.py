@@ -53,8 +53,16 @@ def _shift(prompt: PromptSet, dx: float, dy: float, shape: tuple[int, int]) -> P
     return replace(prompt, box=box, points=pts, mask_input=None)
 
 
-def segment_zoomed(segmenter, image01: np.ndarray, prompt: PromptSet, policy: ZoomPolicy = ZoomPolicy()) -> Segmentation:
-    """Decode `prompt` (which must have a box) on a crop around its box; the mask comes back on the slice grid."""
+@dataclass(frozen=True)
+class ZoomCrop:
+    """A window of the slice around a prompt's box, as the encoder will see it."""
+    image01: np.ndarray  # the crop, min-max stretched when it has real contrast (policy.renormalise)
+    window: tuple[int, int, int, int]  # (x0, y0, x1, y1) in slice pixels, end exclusive
+    prompt: PromptSet  # the prompt in crop pixels (no previous logits: they belong to the slice's frame)
+
+
+def zoom_crop(image01: np.ndarray, prompt: PromptSet, policy: ZoomPolicy = ZoomPolicy()) -> ZoomCrop:
+    """The crop a zoomed decode encodes (`prompt` must have a box)."""
     if prompt.box is None:
         raise InvalidPromptError("zoomed segmentation needs a box (clicks, scribbles, gaze and text give one first).")
     shape = image01.shape[:2]
@@ -68,15 +76,38 @@ def segment_zoomed(segmenter, image01: np.ndarray, prompt: PromptSet, policy: Zo
         full_range = float(image01.max() - image01.min())
         if hi - lo >= policy.min_contrast * full_range and hi > lo:
             crop = (crop - lo) / (hi - lo)
-    emb = segmenter.embed(crop)
-    seg = segmenter.decode(emb, _shift(prompt, x0, y0, crop.shape[:2]))
+    return ZoomCrop(crop, (x0, y0, x1, y1), _shift(prompt, x0, y0, crop.shape[:2]))
+
+
+def to_slice_frame(segmenter, seg: Segmentation, crop: ZoomCrop, shape: tuple[int, int]) -> Segmentation:
+    """A Segmentation decoded on `crop`, put back on the slice: mask, candidates and uncertainty map
+    pasted into the window, the low-resolution logits resampled into the slice's model frame (so
+    they can be fed back as a mask prompt on the whole slice like any other result's)."""
+    x0, y0, x1, y1 = crop.window
+    pad = ((y0, shape[0] - y1), (x0, shape[1] - x1))
     full = np.zeros(shape, bool)
     full[y0:y1, x0:x1] = seg.mask
     seg.mask = full
-    seg.candidates = [(np.pad(m, ((y0, shape[0] - y1), (x0, shape[1] - x1))), s) for m, s in seg.candidates]
+    seg.candidates = [(np.pad(m, pad), s) for m, s in seg.candidates]
+    if seg.uncertainty_map is not None:
+        seg.uncertainty_map = np.pad(np.asarray(seg.uncertainty_map), pad)
+    if seg.low_res_logits is not None:
+        low = np.asarray(seg.low_res_logits, np.float32)
+        on_crop = segmenter.transform_for(crop.image01.shape[:2]).logits_to_image_np(low)  # (1, hc, wc)
+        on_slice = np.full((low.shape[0], *shape), -20.0, np.float32)
+        on_slice[:, y0:y1, x0:x1] = on_crop
+        seg.low_res_logits = segmenter.transform_for(shape).image_to_logits_np(on_slice, low.shape[-1])
     seg.zoom = (x0, y0, x1, y1)
     seg.notes.append(f"zoomed: re-encoded a {x1 - x0}x{y1 - y0} px crop around the box")
     return seg
+
+
+def segment_zoomed(segmenter, image01: np.ndarray, prompt: PromptSet, policy: ZoomPolicy = ZoomPolicy()) -> Segmentation:
+    """Decode `prompt` (which must have a box) on a crop around its box; the result comes back on the
+    slice grid (`to_slice_frame`)."""
+    crop = zoom_crop(image01, prompt, policy)
+    seg = segmenter.decode(segmenter.embed(crop.image01), crop.prompt)
+    return to_slice_frame(segmenter, seg, crop, image01.shape[:2])
 
 
 # A zoomed result replaces the full-slice one only when the decoder rates it clearly better:

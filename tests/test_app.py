@@ -201,6 +201,12 @@ def test_click_scribble_and_uncertainty(app):
     assert r3.uncertainty_map is not None and r3.uncertainty_map.shape == (217, 181)
     assert 0.0 <= r3.uncertainty <= 1.0
     assert any("uncertainty" in c.value for c in app.caption)
+    # "Sharpen": the zoomed re-encode, stored or declined with the reason; the map stays on the slice grid
+    run(app.button(key=f"sharpen-{ws.objects[1].oid}").click())
+    assert not errors(app), errors(app)
+    assert any(m.value.startswith(("Sharpened", "Kept the current mask")) for m in app.info), [m.value for m in app.info]
+    r4 = ws_of(app).objects[1].result(20)
+    assert r4.uncertainty_map is not None and r4.uncertainty_map.shape == (217, 181) and r4.area_px > 20
 
 
 def test_typed_prompt_errors_are_readable(app):
@@ -707,6 +713,60 @@ def test_text_box_and_gaze_fuse_with_clicks(segmenter):
     r2 = actions.apply_gaze(ws, segmenter, newer, segmenter.decode(emb, newer))
     assert [input_kind(p) for p in r2.inputs] == ["click", "gaze"]
     assert r2.fusion and r2.prompt.box.x1 >= 80
+
+
+def test_a_click_is_decoded_from_its_box_alone_as_benchmarked(segmenter):
+    """A single click through the app's path (app.actions): the stored prompt keeps the click and the
+    chosen proposal's logits as evidence, but LiteMedSAM (box-trained) decodes the box alone, the
+    decode bench/prompts.py measures; box + click + previous logits gives another mask."""
+    from app import actions
+    from app.prompts import DrawnPrompt
+    from app.state import Workstation, open_study
+    from app.views.study import DEMO, load_study
+    from prompting.promptset import PromptSet
+
+    ws = Workstation()
+    open_study(ws, load_study(DEMO, "demo", "demo"))
+    r = actions.apply_drawn(ws, segmenter, DrawnPrompt("click", True, ((68.0, 126.0),)))
+    assert [(p.x, p.y) for p in r.prompt.points] == [(68, 126)] and r.prompt.mask_input is not None
+    emb = segmenter.embed(actions.slice_session(ws).image01)
+    b = r.prompt.box
+    box_only = segmenter.decode(emb, PromptSet.from_box(b.x0, b.y0, b.x1, b.y1))
+    assert r.area_px > 0 and np.array_equal(r.mask, box_only.mask)
+    assert r.predicted_iou == pytest.approx(box_only.predicted_iou, abs=1e-6)
+    with_evidence = segmenter.decode(emb, r.prompt)  # what the app decoded before: not the same
+    assert not np.array_equal(with_evidence.mask, r.mask) or with_evidence.predicted_iou != pytest.approx(r.predicted_iou, abs=1e-6)
+
+
+def test_sharpen_replaces_a_small_mask_by_the_zoomed_decode_and_undo_reverts_it(segmenter):
+    """The app's "Sharpen" (app.actions.sharpen): the one-shot path's zoomed re-encode for the active
+    object's box, stored only when rated clearly better; refused, with the reason, without a
+    result or for a box that is already large."""
+    from app import actions
+    from app.state import Workstation, open_study, undo
+    from app.views.study import DEMO, load_study
+    from integrations.errors import InvalidPromptError
+    from models.zoom import ZOOM_IOU_MARGIN
+    from prompting.promptset import PromptSet
+
+    ws = Workstation()
+    open_study(ws, load_study(DEMO, "demo", "demo"))
+    with pytest.raises(InvalidPromptError, match="nothing to sharpen"):
+        actions.sharpen(ws, segmenter)
+    first = actions.run_prompt(ws, segmenter, PromptSet.from_box(58, 108, 80, 142), label="Putamen_L", new_object=True)
+    r, what = actions.sharpen(ws, segmenter)
+    assert r is not None and what.startswith("sharpened"), what
+    assert r.predicted_iou >= first.predicted_iou + ZOOM_IOU_MARGIN and r.area_px > 0
+    assert "zoomed: re-encoded" in r.notes[-1] and r.prompt.box == first.prompt.box
+    ys, xs = np.nonzero(r.mask)  # inside the 2.5x crop around the box
+    assert xs.min() >= 58 - 30 and xs.max() <= 80 + 30 and ys.min() >= 108 - 30 and ys.max() <= 142 + 30
+    assert r.low_res_logits.shape == (1, 256, 256)  # whole-slice frame, as every stored result's
+    assert ws.active_object.result(ws.slice_index) is not None
+    undo(ws)
+    assert np.array_equal(ws.active_object.result(ws.slice_index).mask, first.mask)
+    actions.run_prompt(ws, segmenter, PromptSet.from_box(5, 5, 200, 170), label="brain", new_object=True)
+    with pytest.raises(InvalidPromptError, match="already large"):
+        actions.sharpen(ws, segmenter)
 
 
 def test_box_and_background_scribble_are_fused(segmenter):

@@ -149,7 +149,7 @@ def render_objects(ws: Workstation) -> None:
                 st.caption("How the prompt was understood: " + "; ".join(r.notes[-3:]))
             for f in (r.flags if r is not None else ()):
                 st.warning(f)
-            b = st.columns(3)
+            b = st.columns(4)
             if b[0].button("Accept", key=f"accept-{o.oid}", icon=":material/check_circle:", disabled=o.status == Status.ACCEPTED):
                 set_status(ws, o.oid, Status.ACCEPTED)
                 st.rerun()
@@ -161,6 +161,17 @@ def render_objects(ws: Workstation) -> None:
                 delete_object(ws, o.oid)
                 ws.canvas_nonce += 1
                 st.rerun()
+            if b[3].button("Sharpen", key=f"sharpen-{o.oid}", icon=":material/center_focus_strong:", disabled=r is None,
+                           help="Re-encode a zoomed crop around this slice's box (small structures): the mask is "
+                                "replaced only when the model rates the zoomed one clearly better. Undo reverts it."):
+                ws.messages.clear()
+                ws.active = o.oid
+                with guarded("sharpen the mask"):
+                    result, what = actions.sharpen(ws, get_segmenter())
+                    if result is not None:
+                        after_prompt(ws, result)
+                    flash(ws, "info", what.capitalize())
+                    st.rerun()
 
 
 def render_segment(ws: Workstation) -> None:
