@@ -261,6 +261,7 @@ class OpenVinoRuntime(OnnxRuntime):
         self.precision = ovr.resolve_precision(precision)
         self.decoder_runtime = decoders
         self.decoder_precision = ovr.resolve_decoder_precision(decoder_precision) if decoders == "openvino" else "f32"
+        self.box_shapes = {k: tuple(v) for k, v in ovr.BOX_PROMPT.items()}  # the layout self.ov_box is compiled for
         # bf16 embeddings differ from fp32 ones (cosine ~0.999): their cache entries must not mix
         self.encoder_tag = "" if self.precision == "f32" else self.precision
         n = int(threads or torch.get_num_threads())
@@ -280,8 +281,11 @@ class OpenVinoRuntime(OnnxRuntime):
                     path = self.folder / m.decoder_output
                     self.ov_prep, self.ov_mask = graphs
                     self.ov_nomask = ovr.MixedPrecisionDecoder(self.folder / m.decoder_layers, path, n)
+                    self.ov_box = ovr.MixedPrecisionDecoder(self.folder / m.decoder_layers, path, n, shapes=ovr.BOX_PROMPT)
                 else:
                     self.ov_prep, self.ov_nomask, self.ov_mask = graphs
+                    path = self.folder / m.decoder_nomask
+                    self.ov_box = ovr.OpenVinoGraph(path, n, whole, fuse_snippets=False, shapes=ovr.BOX_PROMPT)
         except Exception as e:  # OpenVINO raises its own RuntimeError subclasses for unreadable graphs
             raise OnnxValidationError(f"OpenVINO cannot compile {path} ({type(e).__name__}: {str(e)[:200]})") from e
         # fp32 / mixed decoders on a bf16 CPU: all-bf16 twins of the prompt graphs rank a click's
@@ -327,7 +331,10 @@ class OpenVinoRuntime(OnnxRuntime):
     def _run_nomask(self, prep: dict, prompts: dict, screening: bool = False) -> list[np.ndarray]:
         if self.decoder_runtime == "onnx":
             return super()._run_nomask(prep, prompts)
-        return (self.screen_nomask if screening else self.ov_nomask).run({**prep, **prompts})
+        if screening:
+            return self.screen_nomask.run({**prep, **prompts})
+        box_layout = all(prompts[k].shape == v for k, v in self.box_shapes.items())
+        return (self.ov_box if box_layout else self.ov_nomask).run({**prep, **prompts})
 
     def _run_mask(self, feeds: dict) -> list[np.ndarray]:
         if self.decoder_runtime == "onnx":
@@ -373,9 +380,12 @@ def validate_onnx(rt: OnnxRuntime, segmenter) -> tuple[float, float]:
         raise OnnxValidationError(f"encoder differs from PyTorch by {enc_diff:.3g} (> {ENCODER_TOL:g})")
     features = torch.from_numpy(ref["embedding"])
     want = torch_rt.decode_all(features, points, boxes, None)
-    # the prep + no-mask graphs; then the full graph, with a previous mask (PyTorch's probe logits)
+    # the prep + no-mask graphs, for one box (OpenVINO: the copy compiled for that layout) and for a
+    # batch (the dynamic graph); then the full graph, with a previous mask (PyTorch's probe logits)
     mask = want[0][:, :1].contiguous()
+    pair = boxes.repeat(2, 1)
     pairs = [(rt.decode_all(features, points, boxes, None), want),
+             (rt.decode_all(features, points, pair, None), tuple(w.repeat(2, *[1] * (w.dim() - 1)) for w in want)),
              (rt.decode_all(features, points, boxes, mask), torch_rt.decode_all(features, points, boxes, mask))]
     dec_diff = max(_max_diff(got, w) for got, w in pairs)
     if getattr(rt, "decoder_precision", "f32") != "f32":

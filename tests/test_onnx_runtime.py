@@ -356,6 +356,32 @@ def test_openvino_decoders_give_pytorchs_masks_for_every_prompt_layout(decoder_p
         assert _dice(w.mask, g.mask) > (0.999 if exact else 0.98)
 
 
+def test_one_box_runs_on_the_copy_compiled_for_its_layout_with_the_dynamic_graphs_logits(openvino_seg, real_slice):
+    """OpenVINO keeps a static-shape copy of the prompt decoder for the interactive loop's prompt
+    (one box); batches and other layouts run on the dynamic graph; both give the same logits."""
+    from models.openvino_runtime import BOX_PROMPT
+
+    rt = openvino_seg.runtime
+    img, _ = real_slice
+    emb = openvino_seg.embed(img)
+    used = []
+    for name in ("ov_box", "ov_nomask"):
+        graph = getattr(rt, name)
+        real = graph.run
+        graph.run = lambda feeds, _real=real, _name=name: used.append(_name) or _real(feeds)
+    try:
+        one = openvino_seg.decode(emb, PromptSet.from_box(40, 50, 120, 140))
+        two = openvino_seg.decode_batch(emb, [PromptSet.from_box(40, 50, 120, 140), PromptSet.from_box(44, 50, 124, 140)])
+        with_click = openvino_seg.decode(emb, PromptSet.from_box(40, 50, 120, 140).with_points(Point(80, 95)))
+    finally:
+        for name in ("ov_box", "ov_nomask"):
+            del getattr(rt, name).run  # back to the class's method
+    assert used == ["ov_box", "ov_nomask", "ov_nomask"], used
+    assert [list(v) for v in rt.box_shapes.values()] == list(BOX_PROMPT.values())
+    assert np.abs(one.low_res_logits - two[0].low_res_logits).max() < 1e-3
+    assert abs(one.predicted_iou - two[0].predicted_iou) < 1e-4 and with_click.mask.any()
+
+
 def test_openvino_decoders_failing_validation_leave_onnx_runtimes_decoders(segmenter, export_root, monkeypatch, torch_seg, real_slice):
     from models import openvino_runtime as ovr
 
