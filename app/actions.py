@@ -184,6 +184,20 @@ def sharpen(ws: Workstation, segmenter) -> tuple[SliceResult | None, str]:
                     f"crop; predicted IoU {previous.predicted_iou:.2f} -> {seg.predicted_iou:.2f}.")
 
 
+def propagation_seeds(ws: Workstation, segmenter) -> dict[int, PromptSet]:
+    """The active object's prompted slices as 3-D propagation seeds (models.propagation), each decoded
+    as its slice's result was (`prompting.clicks.decoder_prompt`: a box-trained backend, the box alone)."""
+    from prompting.clicks import decoder_prompt
+
+    obj = ws.active_object
+    if obj is None or not obj.slices:
+        raise InvalidPromptError("segment the structure on one slice first (a box works best), then propagate.")
+    seeds = {z: decoder_prompt(segmenter, r.prompt) for z, r in obj.slices if r.prompt.box is not None and r.area_px > 0}
+    if not seeds:
+        raise InvalidPromptError("propagation starts from a slice whose mask came from a box prompt; draw a box on one slice.")
+    return seeds
+
+
 def drawn_to_prompt(ws: Workstation, segmenter, drawn: DrawnPrompt) -> PromptSet:
     """Turn one drawn shape into the next PromptSet of the active object on this slice."""
     session = slice_session(ws)

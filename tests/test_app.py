@@ -736,6 +736,10 @@ def test_a_click_is_decoded_from_its_box_alone_as_benchmarked(segmenter):
     assert r.predicted_iou == pytest.approx(box_only.predicted_iou, abs=1e-6)
     with_evidence = segmenter.decode(emb, r.prompt)  # what the app decoded before: not the same
     assert not np.array_equal(with_evidence.mask, r.mask) or with_evidence.predicted_iou != pytest.approx(r.predicted_iou, abs=1e-6)
+    # 3-D propagation starts from the same decode
+    seeds = actions.propagation_seeds(ws, segmenter)
+    assert list(seeds) == [ws.slice_index] and seeds[ws.slice_index].box == b
+    assert seeds[ws.slice_index].points == () and seeds[ws.slice_index].mask_input is None
 
 
 def test_sharpen_replaces_a_small_mask_by_the_zoomed_decode_and_undo_reverts_it(segmenter):

@@ -28,15 +28,9 @@ def start_embedding(ws: Workstation) -> Job:
 
 
 def start_propagation(ws: Workstation) -> Job:
-    from integrations.errors import InvalidPromptError
-
     obj = ws.active_object
-    if obj is None or not obj.slices:
-        raise InvalidPromptError("segment the structure on one slice first (a box works best), then propagate.")
-    seeds = {z: r.prompt for z, r in obj.slices if r.prompt.box is not None and r.area_px > 0}
-    if not seeds:
-        raise InvalidPromptError("propagation starts from a slice whose mask came from a box prompt; draw a box on one slice.")
     seg = get_segmenter()
+    seeds = actions.propagation_seeds(ws, seg)
     vol, window = ws.study.volume, actions.window_name(ws)
 
     def run(job: Job):
