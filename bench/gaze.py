@@ -6,9 +6,10 @@ For every dev case (bench/devdata.py: Colin27 AAL regions, Colin27 brain, stardi
 simulated reader (bench/simulated_gaze.py) looks at the structure with N(0, 0.5 deg) and N(0, 1.0 deg)
 per-sample gaze error, 5 % samples lost and one stray fixation, at the display zoom the app shows
 that slice at (app.render.viewport); fixations are detected (adaptive I-VT), clustered, and the
-dominant cluster's candidate boxes are decoded in one batch and scored, then the chosen mask's own
-box is decoded (prompting/gaze.py). Baseline, same run, same cases, SAME decode path: the mask's
-tight bounding box. Two paths are measured for both:
+dominant cluster's candidate boxes are decoded in one batch and vote, the vote's own box is decoded,
+and the learned gaze ranker (prompting/gaze_ranking.py, trained on other cases' readings by
+bench/train_ranker.py) chooses between that result and each candidate's own mask (prompting/gaze.py).
+Baseline, same run, same cases, SAME decode path: the mask's tight bounding box. Two paths are measured for both:
 - one-shot (`box`, `gaze05`, `gaze10` in RESULT): the product's one-shot path
   (models.zoom.segment_adaptive = app.pipeline.segment_best: whole-slice decode, then
   `refine_with_zoom`: a zoomed re-encode for small boxes, kept when the decoder rates it >= 0.05
@@ -61,7 +62,7 @@ def gaze_case(segmenter, emb, image01, case, geometry, sigma, seed, fcfg, pcfg, 
     t0 = time.perf_counter()
     try:
         fx = detect_fixations(sim.samples, geometry, fcfg)
-        prop = gaze_prompt(segmenter, emb, case.mask.shape, fx, geometry, config=pcfg)
+        prop = gaze_prompt(segmenter, emb, case.mask.shape, fx, geometry, config=pcfg, image01=image01)
     except InvalidPromptError:
         return 0.0, 0.0, (time.perf_counter() - t0) * 1000
     ms = (time.perf_counter() - t0) * 1000

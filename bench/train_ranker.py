@@ -1,7 +1,8 @@
-"""Fit the proposal ranker (prompting/proposal_ranker.py) on cases DISJOINT from bench/prompts.py's.
+"""Fit the proposal rankers (prompting/proposal_ranker.py, prompting/gaze_ranking.py) on cases
+DISJOINT from bench/prompts.py's and bench/gaze.py's.
 
-    .venv/bin/python bench/train_ranker.py collect [--out /tmp/clinseg-ranker-A.npz] [--threads 1]
-    .venv/bin/python bench/train_ranker.py fit [--data /tmp/clinseg-ranker-A.npz] [--write]
+    .venv/bin/python bench/train_ranker.py collect [--out /tmp/clinseg-ranker-A.npz] [--kinds click,stroke,gaze]
+    .venv/bin/python bench/train_ranker.py fit [--data /tmp/clinseg-ranker-A.npz] [--kinds gaze] [--write]
 
 Training cases (never the benchmark's):
   colin27   AAL regions on Colin27 axial slices 10 mm away from every slice bench/prompts.py uses
@@ -13,7 +14,11 @@ Training cases (never the benchmark's):
 For every case the simulated users of DESIGN.md (bench/simulated_users.py) make one click and one
 foreground stroke; every proposal the product decodes for them (prompting.clicks.click_candidates,
 prompting.scribbles.stroke_candidates) is stored with its feature vector and its Dice against the
-truth. `fit` fits a linear listwise ranker (softmax over a case's proposals against softmax(Dice / T)),
+truth. For the gaze ranker (kind "gaze"), each case is read twice by DESIGN.md's simulated reader
+(bench/simulated_gaze.py, 0.5 and 1.0 deg per-sample error, the app's display zoom; the nuclei
+bench/gaze.py reads are left out) and the candidates prompting.gaze.propose_box offers the ranker
+(each candidate box's own mask and the vote's result) are stored the same way; its baseline
+("hand" below) is the vote. `fit` fits a linear listwise ranker (softmax over a case's proposals against softmax(Dice / T)),
 reports the Dice of the proposal it picks per set with leave-one-set-out and 6-fold (by image)
 cross-validation next to the hand score and the oracle, and `--write` stores the coefficients fitted on everything into
 prompting/proposal_ranker.json.
@@ -35,9 +40,14 @@ import numpy as np  # noqa: E402
 from bench import simulated_users as su  # noqa: E402
 from bench.devdata import MRICRON, Case, nuclei_cases  # noqa: E402
 from integrations.metrics import dice  # noqa: E402
+from prompting.gaze_ranking import GAZE_FEATURES  # noqa: E402
 from prompting.proposal_ranker import CLICK_FEATURES, STROKE_FEATURES, WEIGHTS_PATH  # noqa: E402
 
-KINDS = {"click": CLICK_FEATURES, "stroke": STROKE_FEATURES}
+KINDS = {"click": CLICK_FEATURES, "stroke": STROKE_FEATURES, "gaze": GAZE_FEATURES}
+# softmax temperature of the Dice targets per kind (chosen by the cross-validation below: for gaze
+# readings 0.05 / 0.1 / 0.2 / 0.4 gave 0.589 / 0.594 / 0.598 / 0.598, the vote 0.564)
+TEMPERATURE = {"click": 0.05, "stroke": 0.05, "gaze": 0.2}
+GAZE_SIGMAS = (0.5, 1.0)  # per-sample gaze error (deg) of the simulated readings, as bench/gaze.py
 
 
 # -- training cases --------------------------------------------------------------------------------
@@ -122,6 +132,48 @@ def training_cases(per_slice: int = 6, n_2d: int = 40) -> dict[str, list[Case]]:
 
 # -- collection ------------------------------------------------------------------------------------
 
+def gaze_bench_case_names() -> set[str]:
+    """Names of the cases bench/gaze.py reads (its nuclei subsample): gaze training leaves them out."""
+    from bench.devdata import aal_cases
+    from bench.gaze import subsample
+
+    rng = np.random.default_rng(0)  # bench/gaze.py's draw: AAL first, then nuclei
+    subsample(aal_cases(), 20, rng)
+    return {c.name for c in subsample(nuclei_cases(), 20, rng)}
+
+
+def gaze_reading(seg, emb, img, truth, sigma: float, seed: int):
+    """One simulated reading of `truth` (bench/simulated_gaze.py, the app's display zoom) -> the
+    candidates the gaze ranker chooses among: (feature table, GazeCandidates, their masks), or None
+    when no fixation cluster forms."""
+    from bench.simulated_gaze import app_geometry, simulate_gaze
+    from integrations.errors import InvalidPromptError
+    from prompting.gaze import (FixationConfig, GazePromptConfig, detect_fixations, dominant_clusters,
+                                fixation_arrays, propose_box)
+    from prompting.gaze_ranking import gaze_features
+
+    geometry = app_geometry(truth.shape, 1.0)
+    pcfg = GazePromptConfig(ranker=None)
+    sim = simulate_gaze(truth, geometry, np.random.default_rng(seed), sigma_deg=sigma)
+    try:
+        fx = detect_fixations(sim.samples, geometry, FixationConfig())
+        cluster = dominant_clusters(fx, truth.shape, geometry, (), pcfg)[0]
+    except InvalidPromptError:
+        return None
+    prop = propose_box(seg, emb, truth.shape, cluster, (), pcfg, geometry)
+    cands = list(prop.choices)
+    return gaze_features(cands, img, *fixation_arrays(prop.cluster)), cands, [c.mask for c in cands]
+
+
+def _kinds(text: str) -> list[str]:
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise SystemExit(f"unknown ranker kind(s) {unknown}; choose from {sorted(KINDS)}")
+    return kinds
+
+
+
 def collect(args) -> None:
     from integrations.windowing import apply_window, default_window, window_bounds
     from models.cache import EmbeddingCache
@@ -129,10 +181,12 @@ def collect(args) -> None:
     from prompting.clicks import ClickConfig, click_candidates, click_features
     from prompting.scribbles import Scribble, ScribbleConfig, rasterize, stroke_candidates, stroke_features
 
+    kinds = _kinds(args.kinds)
     seg = build_segmenter("litemedsam", cache=EmbeddingCache(disk_dir=args.cache_dir or None), num_threads=args.threads)
     sets = training_cases(args.per_slice, args.nuclei)
-    rows = {k: {"X": [], "dice": [], "hand": [], "case": [], "set": []} for k in KINDS}
-    t0, case_id = time.perf_counter(), 0
+    rows = {k: {"X": [], "dice": [], "hand": [], "case": [], "set": []} for k in kinds}
+    t0, case_id, reading = time.perf_counter(), 0, 0
+    gaze_bench = gaze_bench_case_names()
     for set_name, cases in sets.items():
         rng = np.random.default_rng(args.seed)
         images: dict[str, np.ndarray] = {}
@@ -141,12 +195,21 @@ def collect(args) -> None:
                 images[c.group] = apply_window(c.image, window_bounds(default_window(c.modality), c.image)).astype(np.float32)
             img = images[c.group]
             emb = seg.embed(img)
-            pts = [su.click(c.mask, rng)]
-            cands = click_candidates(seg, emb, img, pts, ClickConfig(ranker=None))
-            _store(rows["click"], click_features(cands, img, pts), CLICK_FEATURES, cands, c.mask, case_id, set_name)
+            pts = [su.click(c.mask, rng)]  # drawn for every kind: the click/stroke draws stay reproducible
+            if "click" in kinds:
+                cands = click_candidates(seg, emb, img, pts, ClickConfig(ranker=None))
+                _store(rows["click"], click_features(cands, img, pts), CLICK_FEATURES, cands, c.mask, case_id, set_name)
             fg = rasterize([Scribble(su.scribble(c.mask, rng), 3.0, True)], c.mask.shape)
-            scands = stroke_candidates(seg, emb, fg, c.mask.shape, ScribbleConfig(ranker=None))
-            _store(rows["stroke"], stroke_features(scands, img, fg), STROKE_FEATURES, scands, c.mask, case_id, set_name)
+            if "stroke" in kinds:
+                scands = stroke_candidates(seg, emb, fg, c.mask.shape, ScribbleConfig(ranker=None))
+                _store(rows["stroke"], stroke_features(scands, img, fg), STROKE_FEATURES, scands, c.mask, case_id, set_name)
+            if "gaze" in kinds and c.name not in gaze_bench:
+                for sigma in GAZE_SIGMAS:  # one reading each, its own case id (a listwise group)
+                    got = gaze_reading(seg, emb, img, c.mask, sigma, args.seed * 100003 + 7000 + reading)
+                    reading += 1
+                    if got is not None:
+                        table, gcands, masks = got
+                        _store(rows["gaze"], table, GAZE_FEATURES, gcands, c.mask, 100000 + reading, set_name, masks)
             case_id += 1
         print(f"{set_name}: {len(cases)} cases, {len(images)} images, {time.perf_counter() - t0:.0f} s so far", flush=True)
     out = {}
@@ -158,10 +221,11 @@ def collect(args) -> None:
     print(f"wrote {args.out}: " + ", ".join(f"{k} {len(v['X'])} cases" for k, v in rows.items()))
 
 
-def _store(r, table, names, cands, truth, case_id, set_name) -> None:
+def _store(r, table, names, cands, truth, case_id, set_name, masks=None) -> None:
     r["X"].append(np.stack([table[f] for f in names], 1))
-    r["dice"].append(np.array([dice(s.mask, truth) for s in cands]))
-    r["hand"].append(np.array([s.score for s in cands]))
+    r["dice"].append(np.array([dice(m, truth) for m in (masks if masks is not None else [s.mask for s in cands])]))
+    # the baseline each ranker replaces: the hand score (clicks, strokes), the vote (gaze)
+    r["hand"].append(np.array([float(getattr(s, "is_vote", False)) if masks is not None else s.score for s in cands]))
     r["case"].append(np.full(len(cands), case_id))
     r["set"].append(np.array([set_name] * len(cands)))
 
@@ -205,17 +269,18 @@ def picked(score: np.ndarray, d: np.ndarray, case: np.ndarray) -> np.ndarray:
 def fit(args) -> None:
     data = np.load(args.data)
     out = json.loads(WEIGHTS_PATH.read_text()) if WEIGHTS_PATH.exists() else {}
-    for kind in KINDS:
+    for kind in _kinds(args.kinds):
+        temperature = args.temperature if args.temperature is not None else TEMPERATURE[kind]
         X, d, hand = data[f"{kind}_X"], data[f"{kind}_dice"], data[f"{kind}_hand"]
         case, sets = data[f"{kind}_case"], data[f"{kind}_set"]
         names = [str(n) for n in data[f"{kind}_features"]]
         X = np.nan_to_num(X, nan=0.0, posinf=5.0, neginf=-5.0)
         print(f"\n{kind} proposals: {len(np.unique(case))} cases, {len(d)} proposals; leave-one-set-out "
-              f"Dice of the picked proposal (T={args.temperature}, l2={args.l2})")
+              f"Dice of the picked proposal (T={temperature}, l2={args.l2}; 'hand' = {'the vote' if kind == 'gaze' else 'the hand score'})")
         print(f"{'held-out set':<12}{'cases':>7}{'hand':>8}{'ranker':>8}{'oracle':>8}")
         for s in np.unique(sets):
             tr, te = sets != s, sets == s
-            mean, scale, w = fit_listwise(X[tr], d[tr], case[tr], args.temperature, args.l2)
+            mean, scale, w = fit_listwise(X[tr], d[tr], case[tr], temperature, args.l2)
             sc = np.clip((X[te] - mean) / scale, -6, 6) @ w
             print(f"{s:<12}{len(np.unique(case[te])):>7}{picked(hand[te], d[te], case[te]).mean():>8.3f}"
                   f"{picked(sc, d[te], case[te]).mean():>8.3f}{picked(d[te], d[te], case[te]).mean():>8.3f}")
@@ -224,14 +289,14 @@ def fit(args) -> None:
         cv = np.zeros(len(d))
         for fold in np.array_split(np.unique(case), args.folds):
             te = np.isin(case, fold)
-            mean, scale, w = fit_listwise(X[~te], d[~te], case[~te], args.temperature, args.l2)
+            mean, scale, w = fit_listwise(X[~te], d[~te], case[~te], temperature, args.l2)
             cv[te] = np.clip((X[te] - mean) / scale, -6, 6) @ w
         print(f"{args.folds}-fold by image (same domains, other images):")
         for s in np.unique(sets):
             m = sets == s
             print(f"{s:<12}{len(np.unique(case[m])):>7}{picked(hand[m], d[m], case[m]).mean():>8.3f}"
                   f"{picked(cv[m], d[m], case[m]).mean():>8.3f}{picked(d[m], d[m], case[m]).mean():>8.3f}")
-        mean, scale, w = fit_listwise(X, d, case, args.temperature, args.l2)
+        mean, scale, w = fit_listwise(X, d, case, temperature, args.l2)
         sc = np.clip((X - mean) / scale, -6, 6) @ w
         print(f"{'all (fit)':<12}{len(np.unique(case)):>7}{picked(hand, d, case).mean():>8.3f}"
               f"{picked(sc, d, case).mean():>8.3f}{picked(d, d, case).mean():>8.3f}")
@@ -239,9 +304,10 @@ def fit(args) -> None:
             print(f"   {n:<16}{v:+.3f}")
         out[kind] = {"features": names, "mean": [round(float(v), 6) for v in mean],
                      "scale": [round(float(v), 6) for v in scale], "weights": [round(float(v), 6) for v in w],
-                     "trained_on": (f"bench/train_ranker.py: {len(np.unique(case))} cases disjoint from bench/prompts.py "
+                     "trained_on": (f"bench/train_ranker.py: {len(np.unique(case))} "
+                                    f"{'simulated readings of cases disjoint from bench/gaze.py' if kind == 'gaze' else 'cases disjoint from bench/prompts.py'} "
                                     f"(sets {', '.join(str(s) for s in np.unique(sets))}); listwise softmax, "
-                                    f"T={args.temperature}, l2={args.l2}")}
+                                    f"T={temperature}, l2={args.l2}")}
     if args.write:
         WEIGHTS_PATH.write_text(json.dumps(out, indent=1) + "\n")
         print(f"\nwrote {WEIGHTS_PATH}")
@@ -257,9 +323,11 @@ def main() -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--per-slice", type=int, default=6, help="AAL regions per training slice")
     c.add_argument("--nuclei", type=int, default=40, help="nuclei of the 2D image (outside the bench's)")
+    c.add_argument("--kinds", default="click,stroke,gaze", help="which rankers' proposals to collect")
     f = sub.add_parser("fit")
     f.add_argument("--data", default="/tmp/clinseg-ranker-A.npz")
-    f.add_argument("--temperature", type=float, default=0.05)
+    f.add_argument("--kinds", default="click,stroke,gaze", help="which rankers to fit (and --write; the others are kept)")
+    f.add_argument("--temperature", type=float, default=None, help="Dice softmax temperature (default: per kind, TEMPERATURE)")
     f.add_argument("--l2", type=float, default=0.01)
     f.add_argument("--folds", type=int, default=6)
     f.add_argument("--write", action="store_true", help="store the coefficients in prompting/proposal_ranker.json")

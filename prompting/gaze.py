@@ -379,12 +379,16 @@ class GazePromptConfig:
     points_to_decoder: bool = False  # LiteMedSAM is box-trained; points only travel in the PromptSet
     min_dwell_s: float = 0.1
     reject_radius_deg: float = 1.5  # fixations this close to a rejected dwell are ignored
+    # The learned choice between the vote's result and each pad's own mask (prompting/gaze_ranking.py,
+    # bundled coefficients); used when the slice is given (gaze_prompt(..., image01=)). None: the vote.
+    ranker: str | None = "gaze"
 
 
 # Live mode: fewer candidate boxes per update (each decoder call costs ~60-100 ms on 2 cores), the
 # fixed point only when the three candidates disagree, and the current mask is kept while it holds
-# every fixation and the cluster moved less than 1 deg (LiveGazeSession).
-LIVE_PROMPT_CONFIG = GazePromptConfig(pads=(0.8, 1.8, 3.5), fixed_point_below=0.9, reuse_deg=1.0)
+# every fixation and the cluster moved less than 1 deg (LiveGazeSession). No learned choice: it was
+# fitted on the six-pad candidate set, and live updates must stay cheap.
+LIVE_PROMPT_CONFIG = GazePromptConfig(pads=(0.8, 1.8, 3.5), fixed_point_below=0.9, reuse_deg=1.0, ranker=None)
 
 
 @dataclass
@@ -395,6 +399,8 @@ class GazeProposal:
     candidates: int  # how many boxes were decoded
     segmentation: object = None  # models.segmentation.Segmentation of prompt's box (after the fixed point)
     decodes: int = 0  # decoder calls spent (candidates + fixed point)
+    # what the learned ranker chooses among (prompting.gaze_ranking.GazeCandidate; the vote's result last)
+    choices: tuple = ()
 
 
 def _cluster_points(cluster: FixationCluster, rejected: Sequence[Point], shape) -> tuple[Point, ...]:
@@ -531,12 +537,16 @@ def _mask_box(mask: np.ndarray, confidence: float, pad: float = 1.0) -> Box | No
 
 def propose_box(segmenter, embedding, shape: tuple[int, int], cluster: FixationCluster,
                 rejected: Sequence[Point] = (), config: GazePromptConfig = GazePromptConfig(),
-                geometry: ViewingGeometry | None = None, boxes: Sequence[Box] | None = None) -> GazeProposal:
-    """Candidate boxes (`boxes`, or candidate_boxes' by default) around the dominant cluster's core, decoded in one batch and scored; the best
-    mask's own bounding box is then decoded again (fixed point: the box a user would have drawn
-    around that mask), and kept when it still holds the fixations and the decoder rates it as well."""
+                geometry: ViewingGeometry | None = None, boxes: Sequence[Box] | None = None,
+                image01: np.ndarray | None = None) -> GazeProposal:
+    """Candidate boxes (`boxes`, or candidate_boxes' by default) around the dominant cluster's core,
+    decoded in one batch; the masks that hold the fixations vote pixel by pixel, and the vote's own
+    bounding box is decoded again (fixed point: the box a user would have drawn around that mask),
+    kept when it still holds the fixations. With `image01` and `config.ranker`, the learned ranker
+    (prompting/gaze_ranking.py) then chooses between that result and each candidate's own mask."""
     geometry = geometry or ViewingGeometry()
     core = robust_core(cluster, geometry, config)
+    learned = config.ranker is not None and image01 is not None and boxes is None
     boxes = list(boxes) if boxes is not None else candidate_boxes(core, shape, geometry, config)
     if not boxes:
         raise InvalidPromptError("the gaze cluster gives no usable box (image too small?).")
@@ -567,17 +577,53 @@ def propose_box(segmenter, embedding, shape: tuple[int, int], cluster: FixationC
             break  # the tight box lost fixations (or took a rejected one): keep the vote's result
         best, box, current = fseg, fb, fseg.mask
     if best.mask is not current:  # the vote itself is the answer, its box the prompt
-        best.mask = current
+        best = replace(best, mask=current)
         mb = _mask_box(current, agreement)
         box = mb if mb is not None else box
+    how = "the vote's result"
+    offered, cands = reading_candidates(segs, masks, boxes, cover, allowed, best, box, core, geometry, config)
+    if learned:
+        from .gaze_ranking import rank
+
+        j = int(np.argmax(rank(cands, image01, *fixation_arrays(core), config.ranker)))
+        if cands[j].is_vote:
+            how = "the vote's result (learned choice)"
+        else:
+            i = offered[j]
+            # its mask's own box is the prompt, as for the vote's result: the box a user would draw
+            best, box = replace(segs[i], mask=masks[i]), _mask_box(masks[i], segs[i].predicted_iou) or boxes[i]
+            how = f"candidate box {i + 1}'s own mask (learned choice over the vote)"
     best_score = agreement
     prompt = PromptSet(points=points, box=replace(box, confidence=float(np.clip(best.predicted_iou, 0, 1))),
                        label="gaze").with_note(
         f"gaze: {len(core.fixations)} of {len(cluster.fixations)} fixations ({core.dwell_s * 1000:.0f} ms dwell) "
         f"around ({core.x:.0f}, {core.y:.0f}); {len(boxes)} candidate boxes voted (agreement {agreement:.2f}), "
-        f"then the mask's own box "
-        f"({decodes} decodes)" + (f"; {len(rejected)} rejected dwell(s) as negative points" if rejected else ""))
-    return GazeProposal(prompt, core, best_score, len(boxes), best, decodes)
+        f"then the mask's own box ({decodes} decodes); kept {how}"
+        + (f"; {len(rejected)} rejected dwell(s) as negative points" if rejected else ""))
+    return GazeProposal(prompt, core, best_score, len(boxes), best, decodes, tuple(cands))
+
+
+def reading_candidates(segs, masks: np.ndarray, boxes: Sequence[Box], cover: np.ndarray, allowed: np.ndarray,
+                       vote_seg, vote_box: Box, core: FixationCluster, geometry: ViewingGeometry,
+                       config: GazePromptConfig) -> tuple[list[int], list]:
+    """What the learned ranker chooses among: each candidate box's own mask (those covering a
+    rejected dwell left out) and, last, the vote's result. Returns (the offered candidates' indices
+    into `boxes`, their prompting.gaze_ranking.GazeCandidate list, the vote's last)."""
+    from .gaze_ranking import GazeCandidate
+
+    n = len(boxes)
+    offered = [i for i in range(n) if allowed[i]]
+    cands = [GazeCandidate(masks[i], boxes[i], float(segs[i].predicted_iou), float(cover[i]), False, i / max(1, n - 1))
+             for i in offered]
+    vote_cover = float(fixation_cover([vote_seg.mask], core, geometry, config)[0])
+    cands.append(GazeCandidate(vote_seg.mask, vote_box, float(vote_seg.predicted_iou), vote_cover, True, 0.5))
+    return offered, cands
+
+
+def fixation_arrays(core: FixationCluster) -> tuple[np.ndarray, np.ndarray]:
+    """(positions (N, 2) x, y; dwell weights (N,)) of a cluster's fixations."""
+    return (np.array([[f.x, f.y] for f in core.fixations], np.float64),
+            np.array([max(f.duration, 1e-3) for f in core.fixations], np.float64))
 
 
 def decoder_prompt(prompt: PromptSet, config: GazePromptConfig = GazePromptConfig()) -> PromptSet:
@@ -589,10 +635,11 @@ def decoder_prompt(prompt: PromptSet, config: GazePromptConfig = GazePromptConfi
 
 def gaze_prompt(segmenter, embedding, shape: tuple[int, int], fixations: Sequence[Fixation],
                 geometry: ViewingGeometry, rejected: Sequence[Point] = (),
-                config: GazePromptConfig = GazePromptConfig()) -> GazeProposal:
-    """Fixations (slice pixels) -> the dominant cluster's box proposal."""
+                config: GazePromptConfig = GazePromptConfig(), image01: np.ndarray | None = None) -> GazeProposal:
+    """Fixations (slice pixels) -> the dominant cluster's box proposal (`image01`, the slice the
+    embedding came from, lets the learned ranker choose among the candidates)."""
     clusters = dominant_clusters(fixations, shape, geometry, rejected, config)
-    return propose_box(segmenter, embedding, shape, clusters[0], rejected, config, geometry)
+    return propose_box(segmenter, embedding, shape, clusters[0], rejected, config, geometry, image01=image01)
 
 
 def dominant_clusters(fixations: Sequence[Fixation], shape: tuple[int, int], geometry: ViewingGeometry,

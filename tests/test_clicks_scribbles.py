@@ -235,15 +235,16 @@ def test_stroke_fit_prefers_the_structure_the_stroke_runs_along():
 # -- learned proposal ranker (prompting/proposal_ranker.py) ----------------------------------------
 
 def test_bundled_rankers_load_and_match_the_feature_lists():
+    from prompting.gaze_ranking import GAZE_FEATURES
     from prompting.proposal_ranker import CLICK_FEATURES, STROKE_FEATURES, load_ranker
 
-    for kind, names in (("click", CLICK_FEATURES), ("stroke", STROKE_FEATURES)):
+    for kind, names in (("click", CLICK_FEATURES), ("stroke", STROKE_FEATURES), ("gaze", GAZE_FEATURES)):
         r = load_ranker(kind)
         assert r.features == names
         assert len(r.weights) == len(names) and np.isfinite(r.weights).all() and min(r.scale) > 0
         assert "disjoint" in r.trained_on
-    with pytest.raises(KeyError, match="no 'gaze' ranker"):
-        load_ranker("gaze")
+    with pytest.raises(KeyError, match="no 'voice' ranker"):
+        load_ranker("voice")
 
 
 def _hand_candidate(mask, box, points):

@@ -135,6 +135,30 @@ def test_gaze_prompt_segments_the_looked_at_disc(segmenter, disc_image):
         gaze_prompt(segmenter, emb, mask.shape, [], GEOM)
 
 
+def test_learned_choice_among_the_candidates_and_the_vote(segmenter, disc_image):
+    """With the slice given, the bundled gaze ranker chooses between the vote's result and each
+    candidate box's own mask (prompting/gaze_ranking.py); the same reading gives the same answer, the
+    choice is one of the offered masks and is named in the note."""
+    from prompting.gaze import fixation_arrays
+    from prompting.gaze_ranking import GAZE_FEATURES, gaze_features
+    from prompting.proposal_ranker import load_ranker
+
+    image, mask = disc_image
+    emb = segmenter.embed(image)
+    fx = detect_fixations(simulate_gaze(mask, GEOM, np.random.default_rng(4), sigma_deg=0.5).samples, GEOM)
+    assert tuple(load_ranker("gaze").features) == GAZE_FEATURES
+    vote = gaze_prompt(segmenter, emb, mask.shape, fx, GEOM)  # no image: the vote
+    a, b = (gaze_prompt(segmenter, emb, mask.shape, fx, GEOM, image01=image) for _ in range(2))
+    assert "learned choice" in a.prompt.notes[-1] and "learned" not in vote.prompt.notes[-1]
+    assert np.array_equal(a.segmentation.mask, b.segmentation.mask) and a.prompt.box == b.prompt.box
+    assert any(np.array_equal(a.segmentation.mask, c.mask) for c in a.choices) and a.choices[-1].is_vote
+    assert np.array_equal(vote.choices[-1].mask, vote.segmentation.mask)
+    m = a.segmentation.mask
+    assert 2 * (m & mask).sum() / (m.sum() + mask.sum()) > 0.85
+    table = gaze_features(list(a.choices), image, *fixation_arrays(a.cluster))
+    assert set(GAZE_FEATURES) <= set(table) and all(np.isfinite(table[k]).all() for k in GAZE_FEATURES)
+
+
 def test_live_session_updates_and_rejection(segmenter, disc_image):
     image, mask = disc_image
     live = LiveGazeSession(segmenter, image, GEOM)

@@ -70,7 +70,7 @@ def start_replay(ws: Workstation, folder: str) -> Job:
             how = "fixations detected in the gaze samples"
         job.progress(2, 3, f"{len(fixations)} fixation(s) on the image; decoding")
         emb = seg.embed(image01)
-        proposal = gaze_prompt(seg, emb, image01.shape[:2], fixations, geometry)
+        proposal = gaze_prompt(seg, emb, image01.shape[:2], fixations, geometry, image01=image01)
         proposal.prompt = proposal.prompt.with_note(f"replayed recording: {how}")
         job.progress(3, 3, "done")
         return proposal
