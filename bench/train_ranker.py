@@ -160,7 +160,7 @@ def gaze_reading(seg, emb, img, truth, sigma: float, seed: int):
         cluster = dominant_clusters(fx, truth.shape, geometry, (), pcfg)[0]
     except InvalidPromptError:
         return None
-    prop = propose_box(seg, emb, truth.shape, cluster, (), pcfg, geometry)
+    prop = propose_box(seg, emb, truth.shape, cluster, (), pcfg, geometry, keep_choices=True)
     cands = list(prop.choices)
     return gaze_features(cands, img, *fixation_arrays(prop.cluster)), cands, [c.mask for c in cands]
 

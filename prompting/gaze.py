@@ -538,12 +538,13 @@ def _mask_box(mask: np.ndarray, confidence: float, pad: float = 1.0) -> Box | No
 def propose_box(segmenter, embedding, shape: tuple[int, int], cluster: FixationCluster,
                 rejected: Sequence[Point] = (), config: GazePromptConfig = GazePromptConfig(),
                 geometry: ViewingGeometry | None = None, boxes: Sequence[Box] | None = None,
-                image01: np.ndarray | None = None) -> GazeProposal:
+                image01: np.ndarray | None = None, keep_choices: bool = False) -> GazeProposal:
     """Candidate boxes (`boxes`, or candidate_boxes' by default) around the dominant cluster's core,
     decoded in one batch; the masks that hold the fixations vote pixel by pixel, and the vote's own
     bounding box is decoded again (fixed point: the box a user would have drawn around that mask),
     kept when it still holds the fixations. With `image01` and `config.ranker`, the learned ranker
-    (prompting/gaze_ranking.py) then chooses between that result and each candidate's own mask."""
+    (prompting/gaze_ranking.py) then chooses between that result and each candidate's own mask
+    (`GazeProposal.choices`, also filled with `keep_choices`: bench/train_ranker.py)."""
     geometry = geometry or ViewingGeometry()
     core = robust_core(cluster, geometry, config)
     learned = config.ranker is not None and image01 is not None and boxes is None
@@ -581,7 +582,8 @@ def propose_box(segmenter, embedding, shape: tuple[int, int], cluster: FixationC
         mb = _mask_box(current, agreement)
         box = mb if mb is not None else box
     how = "the vote's result"
-    offered, cands = reading_candidates(segs, masks, boxes, cover, allowed, best, box, core, geometry, config)
+    offered, cands = reading_candidates(segs, masks, boxes, cover, allowed, best, box, core, geometry, config) \
+        if learned or keep_choices else ([], [])
     if learned:
         from .gaze_ranking import rank
 

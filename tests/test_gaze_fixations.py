@@ -139,7 +139,7 @@ def test_learned_choice_among_the_candidates_and_the_vote(segmenter, disc_image)
     """With the slice given, the bundled gaze ranker chooses between the vote's result and each
     candidate box's own mask (prompting/gaze_ranking.py); the same reading gives the same answer, the
     choice is one of the offered masks and is named in the note."""
-    from prompting.gaze import fixation_arrays
+    from prompting.gaze import GazePromptConfig, dominant_clusters, fixation_arrays, propose_box
     from prompting.gaze_ranking import GAZE_FEATURES, gaze_features
     from prompting.proposal_ranker import load_ranker
 
@@ -152,7 +152,10 @@ def test_learned_choice_among_the_candidates_and_the_vote(segmenter, disc_image)
     assert "learned choice" in a.prompt.notes[-1] and "learned" not in vote.prompt.notes[-1]
     assert np.array_equal(a.segmentation.mask, b.segmentation.mask) and a.prompt.box == b.prompt.box
     assert any(np.array_equal(a.segmentation.mask, c.mask) for c in a.choices) and a.choices[-1].is_vote
-    assert np.array_equal(vote.choices[-1].mask, vote.segmentation.mask)
+    assert vote.choices == ()  # not computed without the ranker...
+    cluster = dominant_clusters(fx, mask.shape, GEOM)[0]
+    kept = propose_box(segmenter, emb, mask.shape, cluster, (), GazePromptConfig(ranker=None), GEOM, keep_choices=True)
+    assert np.array_equal(kept.choices[-1].mask, vote.segmentation.mask)  # ...unless asked (training)
     m = a.segmentation.mask
     assert 2 * (m & mask).sum() / (m.sum() + mask.sum()) > 0.85
     table = gaze_features(list(a.choices), image, *fixation_arrays(a.cluster))
