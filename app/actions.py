@@ -103,6 +103,15 @@ def store_segmentation(ws: Workstation, seg, prompt: PromptSet, label: str = "",
     return result
 
 
+def drop_background_strokes(seg, strokes: tuple, shape: tuple[int, int]) -> None:
+    """Background strokes are hard evidence: the mask components they cross go (in place)."""
+    negative = [s for s in strokes if not s.positive]
+    if negative:
+        from prompting.scribbles import negative_evidence, remove_negative
+
+        seg.mask = remove_negative(seg.mask, negative_evidence(negative, shape))
+
+
 def run_prompt(ws: Workstation, segmenter, prompt: PromptSet, label: str = "", new_object: bool = False,
                strokes: tuple = (), inputs: tuple = (), fusion: tuple[str, ...] = (),
                decode_as: PromptSet | None = None) -> SliceResult:
@@ -123,11 +132,7 @@ def run_prompt(ws: Workstation, segmenter, prompt: PromptSet, label: str = "", n
     if decode_as is None:
         decode_as = decoder_prompt(segmenter, prompt)
     seg = segmenter.decode(emb, decode_as)
-    negative = [s for s in strokes if not s.positive]
-    if negative:  # background strokes are hard evidence: components they cross go
-        from prompting.scribbles import negative_evidence, remove_negative
-
-        seg.mask = remove_negative(seg.mask, negative_evidence(negative, shape))
+    drop_background_strokes(seg, strokes, shape)
     if ws.show_uncertainty:
         from models.uncertainty import add_uncertainty
 
@@ -172,11 +177,7 @@ def sharpen(ws: Workstation, segmenter) -> tuple[SliceResult | None, str]:
     seg = to_slice_frame(segmenter, seg, crop, shape)
     seg.notes = list(previous.notes) + seg.notes[-1:]
     strokes = tuple(previous.strokes)
-    negative = [s for s in strokes if not s.positive]
-    if negative:
-        from prompting.scribbles import negative_evidence, remove_negative
-
-        seg.mask = remove_negative(seg.mask, negative_evidence(negative, shape))
+    drop_background_strokes(seg, strokes, shape)
     obj = ws.active_object
     result = store_segmentation(ws, seg, previous.prompt, label=obj.label if obj is not None else "", strokes=strokes,
                                 inputs=previous.inputs, fusion=previous.fusion)
