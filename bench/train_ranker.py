@@ -2,7 +2,7 @@
 DISJOINT from bench/prompts.py's and bench/gaze.py's.
 
     .venv/bin/python bench/train_ranker.py collect [--out /tmp/clinseg-ranker-A.npz] [--kinds click,stroke,gaze]
-    .venv/bin/python bench/train_ranker.py fit [--data /tmp/clinseg-ranker-A.npz] [--kinds gaze] [--write]
+    .venv/bin/python bench/train_ranker.py fit [--data /tmp/clinseg-ranker-A.npz[,B.npz...]] [--kinds gaze] [--model M] [--write]
 
 Training cases (never the benchmark's):
   colin27   AAL regions on Colin27 axial slices 10 mm away from every slice bench/prompts.py uses
@@ -18,10 +18,13 @@ truth. For the gaze ranker (kind "gaze"), each case is read twice by DESIGN.md's
 (bench/simulated_gaze.py, 0.5 and 1.0 deg per-sample error, the app's display zoom; the nuclei
 bench/gaze.py reads are left out) and the candidates prompting.gaze.propose_box offers the ranker
 (each candidate box's own mask and the vote's result) are stored the same way; its baseline
-("hand" below) is the vote. `fit` fits a linear listwise ranker (softmax over a case's proposals against softmax(Dice / T)),
-reports the Dice of the proposal it picks per set with leave-one-set-out and 6-fold (by image)
-cross-validation next to the hand score and the oracle, and `--write` stores the coefficients fitted on everything into
-prompting/proposal_ranker.json.
+("hand" below) is the vote. `fit` fits a linear listwise ranker (softmax over a case's proposals
+against softmax(Dice / T)) and gradient-boosted regression trees on each proposal's Dice, reports the
+Dice of the proposal each picks (and of their ensemble: both scores standardised per case, summed)
+per set with leave-one-set-out and 6-fold (by image) cross-validation next to the hand score and the
+oracle, and `--write` stores the model MODEL names for the kind, fitted on everything, into
+prompting/proposal_ranker.json. `--data` takes several collections (e.g. `collect --seed 0..3`:
+other clicks, strokes and readings of the same cases), kept in one fold per case.
 """
 from __future__ import annotations
 
@@ -47,6 +50,10 @@ KINDS = {"click": CLICK_FEATURES, "stroke": STROKE_FEATURES, "gaze": GAZE_FEATUR
 # softmax temperature of the Dice targets per kind (chosen by the cross-validation below: for gaze
 # readings 0.05 / 0.1 / 0.2 / 0.4 gave 0.589 / 0.594 / 0.598 / 0.598, the vote 0.564)
 TEMPERATURE = {"click": 0.05, "stroke": 0.05, "gaze": 0.2}
+# which model each kind's bundled ranker is (the fit prints both in the same cross-validation)
+MODEL = {"click": "ensemble", "stroke": "ensemble", "gaze": "ensemble"}
+MAX_OUTSIDE = 0.04  # the most unusual training case of any kind: 5 %; a synthetic disc's clicks: 9 %
+TREE_PARAMS = {"max_depth": 4, "max_iter": 300, "learning_rate": 0.03, "min_samples_leaf": 40}
 GAZE_SIGMAS = (0.5, 1.0)  # per-sample gaze error (deg) of the simulated readings, as bench/gaze.py
 
 
@@ -261,55 +268,167 @@ def fit_listwise(X: np.ndarray, d: np.ndarray, case: np.ndarray, temperature: fl
     return mean, scale, res.x
 
 
+def within_case_z(score: np.ndarray, case: np.ndarray) -> np.ndarray:
+    """Scores standardised within each case's proposals (what EnsembleRanker does per call)."""
+    out = np.zeros(len(score))
+    for c in np.unique(case):
+        m = case == c
+        out[m] = (score[m] - score[m].mean()) / (score[m].std() + 1e-9)
+    return out
+
+
 def picked(score: np.ndarray, d: np.ndarray, case: np.ndarray) -> np.ndarray:
     """Dice of the top-scoring proposal of every case."""
     return np.array([d[g][np.argmax(score[g])] for g in (np.nonzero(case == c)[0] for c in np.unique(case))])
 
 
+def fit_trees(X: np.ndarray, d: np.ndarray, seed: int = 0):
+    """Gradient-boosted regression trees predicting each proposal's Dice (sklearn, training only;
+    prompting.proposal_ranker.TreeRanker evaluates them with numpy)."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    return HistGradientBoostingRegressor(**TREE_PARAMS, random_state=seed).fit(X, d)
+
+
+def feature_range(X: np.ndarray) -> dict:
+    """The trees' domain (prompting.proposal_ranker.TreeRanker.in_domain): 0.5th / 99.5th percentiles."""
+    return {"low": np.percentile(X, 0.5, axis=0).tolist(), "high": np.percentile(X, 99.5, axis=0).tolist(),
+            "max_outside": MAX_OUTSIDE}
+
+
+def outside_share(X: np.ndarray, rng: dict, case: np.ndarray) -> np.ndarray:
+    """Per proposal: the share of its case's feature values outside `rng` (what in_domain tests)."""
+    out = (X < np.asarray(rng["low"])) | (X > np.asarray(rng["high"]))
+    share = np.zeros(len(X))
+    for c in np.unique(case):
+        m = case == c
+        share[m] = out[m].mean()
+    return share
+
+
+def trees_to_json(model, names: list[str]) -> dict:
+    """A fitted HistGradientBoostingRegressor as prompting/proposal_ranker.py's "trees" entry."""
+    trees = []
+    for (pred,) in model._predictors:  # one tree per iteration (regression: one output)
+        n = pred.nodes
+        leaf = n["is_leaf"].astype(bool)
+        trees.append({"feature": np.where(leaf, -1, n["feature_idx"]).astype(int).tolist(),
+                      "threshold": [float(v) for v in np.where(leaf, 0.0, n["num_threshold"])],
+                      "left": np.where(leaf, 0, n["left"]).astype(int).tolist(),
+                      "right": np.where(leaf, 0, n["right"]).astype(int).tolist(),
+                      "value": [float(v) for v in np.where(leaf, n["value"], 0.0)]})
+    return {"type": "trees", "features": names, "baseline": float(np.ravel(model._baseline_prediction)[0]), "trees": trees}
+
+
+def dump_rankers(out: dict) -> str:
+    """proposal_ranker.json's text: one line per coefficient list and per tree (leaf values to 7 significant digits)."""
+    def num(v):
+        return float(f"{v:.7g}") if isinstance(v, float) else v
+
+    blocks = []
+    for kind, entry in out.items():
+        lines = []
+        for k, v in entry.items():
+            if k == "trees":
+                # thresholds at full precision: many are quantiles equal to a training value, which
+                # rounding would send to the other side
+                rows = [json.dumps({a: (t[a] if a == "threshold" else [num(x) for x in t[a]]) for a in t},
+                                   separators=(",", ":")) for t in v]
+                lines.append(f'  "trees": [\n   ' + ",\n   ".join(rows) + "\n  ]")
+            else:
+                lines.append(f"  {json.dumps(k)}: {json.dumps(num(v) if not isinstance(v, list) else v)}")
+        blocks.append(f" {json.dumps(kind)}: {{\n" + ",\n".join(lines) + "\n }")
+    return "{\n" + ",\n".join(blocks) + "\n}\n"
+
+
+def load_collections(paths: list[str], kind: str):
+    """Several `collect` outputs (e.g. --seed 0 and --seed 1) as one table. A reading's listwise group
+    is per file; its fold key is the case position, the same in every file, so the same image never
+    sits on both sides of a cross-validation split."""
+    parts = []
+    for j, path in enumerate(paths):
+        data = np.load(path)
+        case = data[f"{kind}_case"].astype(np.int64)
+        parts.append((np.nan_to_num(data[f"{kind}_X"], nan=0.0, posinf=5.0, neginf=-5.0), data[f"{kind}_dice"],
+                      data[f"{kind}_hand"], case + 10 ** 7 * j, case, data[f"{kind}_set"]))
+        names = [str(n) for n in data[f"{kind}_features"]]
+    X, d, hand, group, key, sets = (np.concatenate(c) for c in zip(*parts))
+    return X, d, hand, group, key, sets, names
+
+
 def fit(args) -> None:
-    data = np.load(args.data)
     out = json.loads(WEIGHTS_PATH.read_text()) if WEIGHTS_PATH.exists() else {}
     for kind in _kinds(args.kinds):
         temperature = args.temperature if args.temperature is not None else TEMPERATURE[kind]
-        X, d, hand = data[f"{kind}_X"], data[f"{kind}_dice"], data[f"{kind}_hand"]
-        case, sets = data[f"{kind}_case"], data[f"{kind}_set"]
-        names = [str(n) for n in data[f"{kind}_features"]]
-        X = np.nan_to_num(X, nan=0.0, posinf=5.0, neginf=-5.0)
-        print(f"\n{kind} proposals: {len(np.unique(case))} cases, {len(d)} proposals; leave-one-set-out "
-              f"Dice of the picked proposal (T={temperature}, l2={args.l2}; 'hand' = {'the vote' if kind == 'gaze' else 'the hand score'})")
-        print(f"{'held-out set':<12}{'cases':>7}{'hand':>8}{'ranker':>8}{'oracle':>8}")
+        model = args.model or MODEL[kind]
+        X, d, hand, case, key, sets, names = load_collections(args.data.split(","), kind)
+
+        def linear(tr, te):
+            mean, scale, w = fit_listwise(X[tr], d[tr], case[tr], temperature, args.l2)
+            return np.clip((X[te] - mean) / scale, -6, 6) @ w
+
+        def trees(tr, te):
+            return fit_trees(X[tr], d[tr]).predict(X[te])
+
+        print(f"\n{kind} proposals: {len(np.unique(case))} cases, {len(d)} proposals; Dice of the picked proposal "
+              f"('hand' = {'the vote' if kind == 'gaze' else 'the hand score'}; linear: listwise, T={temperature}, "
+              f"l2={args.l2}; trees: {TREE_PARAMS}); '{model}' is fitted{' and written' if args.write else ''}")
+        print(f"leave-one-set-out:\n{'held-out set':<12}{'cases':>7}{'hand':>8}{'linear':>8}{'trees':>8}{'ensemble':>9}{'oracle':>8}")
         for s in np.unique(sets):
             tr, te = sets != s, sets == s
-            mean, scale, w = fit_listwise(X[tr], d[tr], case[tr], temperature, args.l2)
-            sc = np.clip((X[te] - mean) / scale, -6, 6) @ w
+            a, b = linear(tr, te), trees(tr, te)
+            ok = outside_share(X[te], feature_range(X[tr]), case[te]) <= MAX_OUTSIDE
+            e = within_case_z(a, case[te]) + np.where(ok, within_case_z(b, case[te]), 0.0)
             print(f"{s:<12}{len(np.unique(case[te])):>7}{picked(hand[te], d[te], case[te]).mean():>8.3f}"
-                  f"{picked(sc, d[te], case[te]).mean():>8.3f}{picked(d[te], d[te], case[te]).mean():>8.3f}")
-        # k-fold over contiguous case ids (a case's image neighbours share a fold): every domain is
-        # seen in training, as for the bundled ranker, but never the held-out images
-        cv = np.zeros(len(d))
-        for fold in np.array_split(np.unique(case), args.folds):
-            te = np.isin(case, fold)
-            mean, scale, w = fit_listwise(X[~te], d[~te], case[~te], temperature, args.l2)
-            cv[te] = np.clip((X[te] - mean) / scale, -6, 6) @ w
+                  f"{picked(a, d[te], case[te]).mean():>8.3f}{picked(b, d[te], case[te]).mean():>8.3f}"
+                  f"{picked(e, d[te], case[te]).mean():>9.3f}{picked(d[te], d[te], case[te]).mean():>8.3f}")
+        # k-fold over contiguous case positions (a case's image neighbours share a fold): every domain
+        # is seen in training, as for the bundled ranker, but never the held-out images
+        cv = {"linear": np.zeros(len(d)), "trees": np.zeros(len(d))}
+        trusted = np.zeros(len(d), bool)  # the trees in their domain (else the ensemble is the linear score)
+        for fold in np.array_split(np.unique(key), args.folds):
+            te = np.isin(key, fold)
+            cv["linear"][te], cv["trees"][te] = linear(~te, te), trees(~te, te)
+            trusted[te] = outside_share(X[te], feature_range(X[~te]), case[te]) <= MAX_OUTSIDE
+        cv["ensemble"] = within_case_z(cv["linear"], case) + np.where(trusted, within_case_z(cv["trees"], case), 0.0)
+        print(f"  (trees sat out {len(np.unique(case[~trusted]))} of {len(np.unique(case))} cases in the ensemble: "
+              f"features outside the training folds' range)")
         print(f"{args.folds}-fold by image (same domains, other images):")
-        for s in np.unique(sets):
-            m = sets == s
+        for s in list(np.unique(sets)) + ["all"]:
+            m = sets == s if s != "all" else np.ones(len(d), bool)
             print(f"{s:<12}{len(np.unique(case[m])):>7}{picked(hand[m], d[m], case[m]).mean():>8.3f}"
-                  f"{picked(cv[m], d[m], case[m]).mean():>8.3f}{picked(d[m], d[m], case[m]).mean():>8.3f}")
+                  f"{picked(cv['linear'][m], d[m], case[m]).mean():>8.3f}{picked(cv['trees'][m], d[m], case[m]).mean():>8.3f}"
+                  f"{picked(cv['ensemble'][m], d[m], case[m]).mean():>9.3f}{picked(d[m], d[m], case[m]).mean():>8.3f}")
+        trained_on = (f"bench/train_ranker.py: {len(np.unique(case))} "
+                      f"{'simulated readings of cases disjoint from bench/gaze.py' if kind == 'gaze' else 'cases disjoint from bench/prompts.py'} "
+                      f"(sets {', '.join(str(s) for s in np.unique(sets))}); ")
         mean, scale, w = fit_listwise(X, d, case, temperature, args.l2)
-        sc = np.clip((X - mean) / scale, -6, 6) @ w
-        print(f"{'all (fit)':<12}{len(np.unique(case)):>7}{picked(hand, d, case).mean():>8.3f}"
-              f"{picked(sc, d, case).mean():>8.3f}{picked(d, d, case).mean():>8.3f}")
         for n, v in sorted(zip(names, w), key=lambda t: -abs(t[1]))[:10]:
             print(f"   {n:<16}{v:+.3f}")
-        out[kind] = {"features": names, "mean": [round(float(v), 6) for v in mean],
+        lin_entry = {"features": names, "mean": [round(float(v), 6) for v in mean],
                      "scale": [round(float(v), 6) for v in scale], "weights": [round(float(v), 6) for v in w],
-                     "trained_on": (f"bench/train_ranker.py: {len(np.unique(case))} "
-                                    f"{'simulated readings of cases disjoint from bench/gaze.py' if kind == 'gaze' else 'cases disjoint from bench/prompts.py'} "
-                                    f"(sets {', '.join(str(s) for s in np.unique(sets))}); listwise softmax, "
-                                    f"T={temperature}, l2={args.l2}")}
+                     "trained_on": trained_on + f"listwise softmax, T={temperature}, l2={args.l2}"}
+        if model == "linear":
+            out[kind] = lin_entry
+            continue
+        fitted = fit_trees(X, d)
+        tree_entry = trees_to_json(fitted, names)
+        tree_entry["range"] = feature_range(X)
+        # the bundled evaluator must agree with sklearn's on the training table (after JSON rounding)
+        from prompting.proposal_ranker import _ranker
+
+        table = {n: X[:, i] for i, n in enumerate(names)}
+        rounded = json.loads(dump_rankers({kind: tree_entry}))[kind]
+        gap = float(np.abs(_ranker(kind, rounded, WEIGHTS_PATH).score(table) - fitted.predict(X)).max())
+        print(f"trees: {len(tree_entry['trees'])}, numpy evaluator vs sklearn max |diff| {gap:.1e}")
+        if gap > 1e-3:
+            raise SystemExit(f"the exported trees disagree with sklearn's (max |diff| {gap:.2e}): not written")
+        tree_entry["trained_on"] = trained_on + f"gradient-boosted trees on Dice, {TREE_PARAMS}"
+        out[kind] = tree_entry if model == "trees" else {
+            "type": "ensemble", "trained_on": trained_on + "the linear ranker and the trees, each standardised "
+            "over a reading's candidates, summed", "members": [lin_entry, tree_entry]}
     if args.write:
-        WEIGHTS_PATH.write_text(json.dumps(out, indent=1) + "\n")
+        WEIGHTS_PATH.write_text(dump_rankers(out))
         print(f"\nwrote {WEIGHTS_PATH}")
 
 
@@ -325,7 +444,8 @@ def main() -> None:
     c.add_argument("--nuclei", type=int, default=40, help="nuclei of the 2D image (outside the bench's)")
     c.add_argument("--kinds", default="click,stroke,gaze", help="which rankers' proposals to collect")
     f = sub.add_parser("fit")
-    f.add_argument("--data", default="/tmp/clinseg-ranker-A.npz")
+    f.add_argument("--data", default="/tmp/clinseg-ranker-A.npz", help="one collection, or several separated by commas")
+    f.add_argument("--model", choices=("linear", "trees", "ensemble"), default=None, help="the model to write (default: per kind, MODEL)")
     f.add_argument("--kinds", default="click,stroke,gaze", help="which rankers to fit (and --write; the others are kept)")
     f.add_argument("--temperature", type=float, default=None, help="Dice softmax temperature (default: per kind, TEMPERATURE)")
     f.add_argument("--l2", type=float, default=0.01)

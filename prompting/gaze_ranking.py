@@ -11,8 +11,10 @@ AAL 0.68 vs 0.52 at 0.5 deg), so the choice, not the candidates, is what loses D
   spread of points drawn by depth from the mask;
 - the decoder's own rating, its size against the fixations' spread, its agreement with the vote;
 - the image cues and set cues the click ranker uses (`prompting.proposal_ranker`).
-A linear ranker (`load_ranker("gaze")`, fitted by `bench/train_ranker.py` on readings of cases
-disjoint from bench/gaze.py's) scores them. Pure functions of (masks, boxes, image, fixations).
+The bundled ranker (`load_ranker("gaze")`: a linear listwise score and gradient-boosted trees that
+predict each candidate's Dice, each standardised over the reading's candidates and summed; fitted
+by `bench/train_ranker.py` on readings of cases disjoint from bench/gaze.py's) scores them. Pure
+functions of (masks, boxes, image, fixations).
 """
 from __future__ import annotations
 

@@ -7,17 +7,18 @@ gets a feature vector: the hand score's terms (click agreement, depth fit, fixed
 fit, decoder IoU, size) plus image cues (contrast between the mask and a ring just outside it,
 gradient on its boundary, homogeneity, the intensity under the click vs the mask's, compactness,
 fragmentation) and set cues (how many other proposals converge to the same mask, its size rank).
-A linear model over the standardised features scores each proposal; it was fitted by
-`bench/train_ranker.py` (listwise softmax on Dice) on cases DISJOINT from `bench/prompts.py`'s, and
-its coefficients are bundled as JSON (`prompting/proposal_ranker.json`). Scoring is a pure
-function of (masks, boxes, image, clicks/strokes).
+A model over these features scores each proposal: linear (`LinearRanker`, fitted listwise on Dice)
+or gradient-boosted regression trees predicting each proposal's Dice (`TreeRanker`), whichever
+`bench/train_ranker.py` found better in cross-validation for that kind, fitted on cases DISJOINT from
+the benchmarks' and bundled as JSON (`prompting/proposal_ranker.json`). Scoring is a pure function
+of (masks, boxes, image, clicks/strokes/fixations).
 """
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -47,21 +48,156 @@ class LinearRanker:
 
     def score(self, table: dict[str, np.ndarray]) -> np.ndarray:
         """Scores for N proposals; `table` maps each feature name to an (N,) array."""
-        x = np.stack([np.asarray(table[f], np.float64) for f in self.features], 1)
-        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
+        z = (feature_matrix(table, self.features) - np.asarray(self.mean)) / np.asarray(self.scale)
         return np.clip(z, -6.0, 6.0) @ np.asarray(self.weights)
 
 
+def feature_matrix(table: dict[str, np.ndarray], features: Sequence[str]) -> np.ndarray:
+    """(N, F) in `features` order, non-finite values mapped as bench/train_ranker.py maps them when fitting."""
+    x = np.stack([np.asarray(table[f], np.float64) for f in features], 1)
+    return np.nan_to_num(x, nan=0.0, posinf=5.0, neginf=-5.0)
+
+
+@dataclass(frozen=True)
+class RegressionTree:
+    """One fitted tree: node k splits on feature[k] (x <= threshold[k] goes to left[k], else right[k]);
+    a leaf has feature -1 and contributes value[k]."""
+    feature: np.ndarray  # (K,) int, -1 at leaves
+    threshold: np.ndarray  # (K,) float
+    left: np.ndarray  # (K,) int
+    right: np.ndarray  # (K,) int
+    value: np.ndarray  # (K,) float, used at leaves
+
+
+@dataclass(frozen=True)
+class TreeRanker:
+    """score = baseline + the sum of every tree's leaf value: gradient-boosted regression trees that
+    predict a proposal's Dice from its features (higher = better). They see interactions a linear
+    score cannot (e.g. a large mask is good when the fixations spread widely, bad when they cluster)."""
+    features: tuple[str, ...]
+    baseline: float
+    trees: tuple[RegressionTree, ...]
+    trained_on: str = ""
+    # The training features' 0.5th / 99.5th percentiles and the share of a call's (proposal, feature)
+    # values allowed outside them: beyond it the proposals are unlike anything the trees were fitted
+    # on (a synthetic disc: 9 % outside; the most unusual training case: 5 %) and trees, which do not
+    # extrapolate, are not trusted (EnsembleRanker drops them for that call).
+    low: tuple[float, ...] | None = None
+    high: tuple[float, ...] | None = None
+    max_outside: float = 1.0
+
+    def outside_share(self, table: dict[str, np.ndarray]) -> float:
+        """Share of the proposals' feature values outside the training range (0 when none was stored)."""
+        if self.low is None or self.high is None:
+            return 0.0
+        x = feature_matrix(table, self.features)
+        return float(((x < np.asarray(self.low)) | (x > np.asarray(self.high))).mean()) if x.size else 0.0
+
+    def in_domain(self, table: dict[str, np.ndarray]) -> bool:
+        return self.outside_share(table) <= self.max_outside
+
+    @cached_property
+    def _stacked(self) -> tuple[np.ndarray, ...]:
+        """Every tree's arrays padded to one (trees, nodes) table, so all trees walk together."""
+        k = max(len(t.feature) for t in self.trees)
+
+        def stack(name: str, fill):
+            out = np.full((len(self.trees), k), fill, np.asarray(getattr(self.trees[0], name)).dtype)
+            for i, t in enumerate(self.trees):
+                out[i, : len(t.feature)] = getattr(t, name)
+            return out
+
+        return stack("feature", -1), stack("threshold", 0.0), stack("left", 0), stack("right", 0), stack("value", 0.0)
+
+    def score(self, table: dict[str, np.ndarray]) -> np.ndarray:
+        x = feature_matrix(table, self.features)
+        if not self.trees:
+            return np.full(len(x), self.baseline, np.float64)
+        feature, threshold, left, right, value = self._stacked
+        tree = np.arange(len(self.trees))[:, None]
+        node = np.zeros((len(self.trees), len(x)), np.int64)
+        while True:
+            f = feature[tree, node]
+            inner = f >= 0
+            if not inner.any():
+                return self.baseline + value[tree, node].sum(0)
+            go_left = x[np.arange(len(x))[None, :], np.maximum(f, 0)] <= threshold[tree, node]
+            node = np.where(inner, np.where(go_left, left[tree, node], right[tree, node]), node)
+
+
+@dataclass(frozen=True)
+class EnsembleRanker:
+    """The members' scores, each standardised over the proposals being ranked (one click's, one
+    reading's), summed. Trees rank best among images like their training ones; on an unseen kind of
+    image they extrapolate worse than a linear score (bench/train_ranker.py, leave-one-set-out), so
+    the bundled rankers average the two, and a tree member sits out a call whose proposals lie
+    outside its training range (`TreeRanker.in_domain`)."""
+    members: tuple
+    trained_on: str = ""
+
+    def active_members(self, table: dict[str, np.ndarray]) -> tuple:
+        """The members that score this call: every linear one, the trees when in their domain."""
+        active = tuple(m for m in self.members if not isinstance(m, TreeRanker) or m.in_domain(table))
+        return active or self.members
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        names: list[str] = []
+        for m in self.members:
+            names += [f for f in m.features if f not in names]
+        return tuple(names)
+
+    def score(self, table: dict[str, np.ndarray]) -> np.ndarray:
+        out = 0.0
+        for m in self.active_members(table):
+            v = m.score(table)
+            out = out + (v - v.mean()) / (v.std() + 1e-9)
+        return np.asarray(out, np.float64)
+
+
+def _tree_ranker(kind: str, d: dict, p: Path) -> TreeRanker:
+    n = len(d["features"])
+    trees = []
+    for i, t in enumerate(d["trees"]):
+        arrays = {k: np.asarray(t[k], np.int64 if k in ("feature", "left", "right") else np.float64)
+                  for k in ("feature", "threshold", "left", "right", "value")}
+        k = len(arrays["feature"])
+        f, lo, hi = arrays["feature"], arrays["left"], arrays["right"]
+        inner = f >= 0
+        if any(len(a) != k for a in arrays.values()) or (f >= n).any() \
+                or (inner & ((lo <= np.arange(k)) | (hi <= np.arange(k)) | (lo >= k) | (hi >= k))).any() \
+                or not np.isfinite(arrays["value"]).all():
+            raise ValueError(f"the '{kind}' ranker in {p} has a malformed tree ({i}): children must follow "
+                             f"their node, features index {n} names, values be finite")
+        trees.append(RegressionTree(**arrays))
+    if not math.isfinite(d["baseline"]):
+        raise ValueError(f"the '{kind}' ranker in {p} has a non-finite baseline")
+    low, high = (tuple(float(v) for v in d["range"][k]) if "range" in d else None for k in ("low", "high"))
+    if low is not None and not (len(low) == len(high) == n):
+        raise ValueError(f"the '{kind}' ranker in {p} has a feature range of the wrong length")
+    return TreeRanker(tuple(d["features"]), float(d["baseline"]), tuple(trees), d.get("trained_on", ""), low, high,
+                      float(d.get("range", {}).get("max_outside", 1.0)))
+
+
 @lru_cache(maxsize=4)
-def load_ranker(kind: str, path: str = str(WEIGHTS_PATH)) -> LinearRanker:
-    """The bundled ranker for `kind` ("click" or "stroke"); read once per process (immutable)."""
+def load_ranker(kind: str, path: str = str(WEIGHTS_PATH)) -> LinearRanker | TreeRanker | EnsembleRanker:
+    """The bundled ranker for `kind` ("click", "stroke" or "gaze"); read once per process (immutable)."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"proposal ranker weights are missing: {p} (re-install clinseg or run bench/train_ranker.py)")
     data = json.loads(p.read_text())
     if kind not in data:
         raise KeyError(f"no '{kind}' ranker in {p}; it holds {sorted(data)}")
-    d = data[kind]
+    return _ranker(kind, data[kind], p)
+
+
+def _ranker(kind: str, d: dict, p: Path) -> LinearRanker | TreeRanker | EnsembleRanker:
+    if d.get("type", "linear") == "ensemble":
+        if not d.get("members"):
+            raise ValueError(f"the '{kind}' ranker in {p} is an ensemble without members")
+        return EnsembleRanker(tuple(_ranker(kind, m, p) for m in d["members"]), d.get("trained_on", ""))
+    if d.get("type", "linear") == "trees":
+        return _tree_ranker(kind, d, p)
     n = len(d["features"])
     if not (len(d["mean"]) == len(d["scale"]) == len(d["weights"]) == n):
         raise ValueError(f"the '{kind}' ranker in {p} is inconsistent: {n} features but "

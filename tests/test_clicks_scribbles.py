@@ -238,13 +238,90 @@ def test_bundled_rankers_load_and_match_the_feature_lists():
     from prompting.gaze_ranking import GAZE_FEATURES
     from prompting.proposal_ranker import CLICK_FEATURES, STROKE_FEATURES, load_ranker
 
+    from prompting.proposal_ranker import EnsembleRanker, LinearRanker, TreeRanker
+
     for kind, names in (("click", CLICK_FEATURES), ("stroke", STROKE_FEATURES), ("gaze", GAZE_FEATURES)):
         r = load_ranker(kind)
         assert r.features == names
-        assert len(r.weights) == len(names) and np.isfinite(r.weights).all() and min(r.scale) > 0
         assert "disjoint" in r.trained_on
+        for m in (r.members if isinstance(r, EnsembleRanker) else (r,)):
+            assert m.features == names
+            if isinstance(m, LinearRanker):
+                assert len(m.weights) == len(names) and np.isfinite(m.weights).all() and min(m.scale) > 0
+            else:
+                assert isinstance(m, TreeRanker) and len(m.trees) > 10
+    assert isinstance(load_ranker("gaze"), EnsembleRanker)  # linear + trees (bench/train_ranker.py MODEL)
     with pytest.raises(KeyError, match="no 'voice' ranker"):
         load_ranker("voice")
+
+
+def _write_rankers(tmp_path, entry) -> str:
+    import json
+
+    p = tmp_path / "rankers.json"
+    p.write_text(json.dumps({"toy": entry}))
+    return str(p)
+
+
+# one tree on feature "a" (a <= 0.5: node 1, else node 2 which splits on "b" at 2.0), baseline 0.1
+TOY_TREE = {"feature": [0, -1, 1, -1, -1], "threshold": [0.5, 0, 2.0, 0, 0], "left": [1, 0, 3, 0, 0],
+            "right": [2, 0, 4, 0, 0], "value": [0, -1.0, 0, 0.25, 0.75]}
+
+
+def test_tree_ranker_walks_each_tree_to_its_leaf_and_sums(tmp_path):
+    from prompting.proposal_ranker import load_ranker
+
+    path = _write_rankers(tmp_path, {"type": "trees", "features": ["a", "b"], "baseline": 0.1,
+                                     "trees": [TOY_TREE, TOY_TREE], "trained_on": "toy"})
+    r = load_ranker("toy", path)
+    table = {"a": np.array([0.0, 0.5, 1.0, 1.0, np.nan]), "b": np.array([9.0, 9.0, 2.0, 3.0, np.inf])}
+    # nan -> 0 (left), inf -> 5 (right), as the fit saw them; a == threshold goes left
+    assert np.allclose(r.score(table), [0.1 - 2.0, 0.1 - 2.0, 0.1 + 0.5, 0.1 + 1.5, 0.1 - 2.0])
+
+
+def test_ensemble_sums_standardised_member_scores(tmp_path):
+    from prompting.proposal_ranker import load_ranker
+
+    linear = {"features": ["a"], "mean": [0.0], "scale": [1.0], "weights": [-1.0]}
+    trees = {"type": "trees", "features": ["a", "b"], "baseline": 0.0, "trees": [TOY_TREE]}
+    r = load_ranker("toy", _write_rankers(tmp_path, {"type": "ensemble", "members": [linear, trees]}))
+    table = {"a": np.array([0.0, 1.0, 1.0]), "b": np.array([0.0, 1.0, 3.0])}
+    lin, tr = -table["a"], np.array([-1.0, 0.25, 0.75])
+    z = lambda v: (v - v.mean()) / v.std()  # noqa: E731
+    assert r.features == ("a", "b")
+    assert np.allclose(r.score(table), z(lin) + z(tr))
+    assert np.argmax(r.score(table)) == 2
+
+
+def test_trees_sit_out_proposals_unlike_their_training_ones(tmp_path):
+    """A tree member scores only proposals inside its training range (share of feature values
+    outside <= max_outside); otherwise the ensemble is its linear member alone."""
+    from prompting.proposal_ranker import LinearRanker, load_ranker
+
+    linear = {"features": ["a"], "mean": [0.0], "scale": [1.0], "weights": [-1.0]}
+    trees = {"type": "trees", "features": ["a", "b"], "baseline": 0.0, "trees": [TOY_TREE],
+             "range": {"low": [0.0, 0.0], "high": [1.0, 3.0], "max_outside": 0.2}}
+    r = load_ranker("toy", _write_rankers(tmp_path, {"type": "ensemble", "members": [linear, trees]}))
+    usual = {"a": np.array([0.0, 1.0, 1.0]), "b": np.array([0.0, 1.0, 3.0])}
+    odd = {"a": np.array([0.0, 1.0, 1.0]), "b": np.array([0.0, 9.0, 30.0])}  # 2 of 6 values outside
+    assert r.members[1].outside_share(usual) == 0.0 and r.members[1].outside_share(odd) == pytest.approx(1 / 3)
+    assert len(r.active_members(usual)) == 2
+    assert [type(m) for m in r.active_members(odd)] == [LinearRanker]
+    lin = -odd["a"]
+    assert np.allclose(r.score(odd), (lin - lin.mean()) / lin.std())
+
+
+@pytest.mark.parametrize("broken, message", [
+    ({"feature": [0, -1], "threshold": [0.5, 0], "left": [1, 0], "right": [0, 0], "value": [0, 1.0]}, "malformed tree"),
+    ({"feature": [3, -1, -1], "threshold": [0.5, 0, 0], "left": [1, 0, 0], "right": [2, 0, 0], "value": [0, 1, 2]}, "malformed tree"),
+    ({"feature": [-1], "threshold": [0], "left": [0], "right": [0], "value": [float("nan")]}, "malformed tree"),
+])
+def test_a_malformed_tree_file_is_refused_naming_the_ranker(tmp_path, broken, message):
+    from prompting.proposal_ranker import load_ranker
+
+    path = _write_rankers(tmp_path, {"type": "trees", "features": ["a", "b"], "baseline": 0.0, "trees": [broken]})
+    with pytest.raises(ValueError, match=f"'toy' ranker .*{message}"):
+        load_ranker("toy", path)
 
 
 def _hand_candidate(mask, box, points):

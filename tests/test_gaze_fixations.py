@@ -196,3 +196,24 @@ def test_simulated_gaze_is_seeded():
     lost = sum(not s.usable for s in a.samples) / len(a.samples)
     assert 0.03 <= lost <= 0.07
     assert sum(not f.on_target for f in a.fixations) == 1 and 3 <= sum(f.on_target for f in a.fixations) <= 6
+
+
+def test_a_live_track_is_kept_as_arrays_and_detects_what_the_samples_give():
+    """LiveGazeSession appends each chunk to a GazeTrack (arrays) instead of rebuilding them from
+    every sample at each update: same fixations as the sample list, time order still enforced, the
+    oldest samples dropped past max_samples."""
+    from prompting.gaze import GazeTrack
+
+    samples = _sequence(KNOWN, np.random.default_rng(2))
+    track = GazeTrack.empty()
+    for i in range(0, len(samples), 7):
+        track = track.extended(samples[i:i + 7])
+    assert len(track) == len(samples)
+    assert detect_fixations(track, GEOM) == detect_fixations(samples, GEOM)
+    assert estimate_noise_px(track) == estimate_noise_px(samples)
+    kept = GazeTrack.empty().extended(samples, keep_last=50)
+    assert len(kept) == 50 and kept.t[0] == samples[-50].t
+    with pytest.raises(InvalidPromptError, match="time order"):
+        track.extended([GazeSample(samples[0].t, 1.0, 1.0)])  # older than the last sample
+    with pytest.raises(InvalidPromptError, match="time order"):
+        GazeTrack.of([GazeSample(1.0, 0, 0), GazeSample(0.5, 0, 0)])
