@@ -164,7 +164,7 @@ def _tree_ranker(kind: str, d: dict, p: Path) -> TreeRanker:
         k = len(arrays["feature"])
         f, lo, hi = arrays["feature"], arrays["left"], arrays["right"]
         inner = f >= 0
-        if any(len(a) != k for a in arrays.values()) or (f >= n).any() \
+        if k == 0 or any(len(a) != k for a in arrays.values()) or (f >= n).any() \
                 or (inner & ((lo <= np.arange(k)) | (hi <= np.arange(k)) | (lo >= k) | (hi >= k))).any() \
                 or not np.isfinite(arrays["value"]).all():
             raise ValueError(f"the '{kind}' ranker in {p} has a malformed tree ({i}): children must follow "

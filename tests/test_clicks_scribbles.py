@@ -315,6 +315,7 @@ def test_trees_sit_out_proposals_unlike_their_training_ones(tmp_path):
     ({"feature": [0, -1], "threshold": [0.5, 0], "left": [1, 0], "right": [0, 0], "value": [0, 1.0]}, "malformed tree"),
     ({"feature": [3, -1, -1], "threshold": [0.5, 0, 0], "left": [1, 0, 0], "right": [2, 0, 0], "value": [0, 1, 2]}, "malformed tree"),
     ({"feature": [-1], "threshold": [0], "left": [0], "right": [0], "value": [float("nan")]}, "malformed tree"),
+    ({"feature": [], "threshold": [], "left": [], "right": [], "value": []}, "malformed tree"),
 ])
 def test_a_malformed_tree_file_is_refused_naming_the_ranker(tmp_path, broken, message):
     from prompting.proposal_ranker import load_ranker
