@@ -391,7 +391,7 @@ def fit(args) -> None:
             cv["linear"][te], cv["trees"][te] = linear(~te, te), trees(~te, te)
             trusted[te] = outside_share(X[te], feature_range(X[~te]), case[te]) <= MAX_OUTSIDE
         cv["ensemble"] = within_case_z(cv["linear"], case) + np.where(trusted, within_case_z(cv["trees"], case), 0.0)
-        print(f"  (trees sat out {len(np.unique(case[~trusted]))} of {len(np.unique(case))} cases in the ensemble: "
+        print(f"  (6-fold ensemble below: the trees sat out {len(np.unique(case[~trusted]))} of {len(np.unique(case))} cases, "
               f"features outside the training folds' range)")
         print(f"{args.folds}-fold by image (same domains, other images):")
         for s in list(np.unique(sets)) + ["all"]:
