@@ -7,10 +7,10 @@ gets a feature vector: the hand score's terms (click agreement, depth fit, fixed
 fit, decoder IoU, size) plus image cues (contrast between the mask and a ring just outside it,
 gradient on its boundary, homogeneity, the intensity under the click vs the mask's, compactness,
 fragmentation) and set cues (how many other proposals converge to the same mask, its size rank).
-A model over these features scores each proposal: linear (`LinearRanker`, fitted listwise on Dice)
-or gradient-boosted regression trees predicting each proposal's Dice (`TreeRanker`), whichever
-`bench/train_ranker.py` found better in cross-validation for that kind, fitted on cases DISJOINT from
-the benchmarks' and bundled as JSON (`prompting/proposal_ranker.json`). Scoring is a pure function
+A model over these features scores each proposal: a linear score (`LinearRanker`, fitted listwise
+on Dice), gradient-boosted regression trees predicting each proposal's Dice (`TreeRanker`), or both
+summed (`EnsembleRanker`, what is bundled for every kind: `bench/train_ranker.py` MODEL), fitted on
+cases DISJOINT from the benchmarks' and bundled as JSON (`prompting/proposal_ranker.json`). Scoring is a pure function
 of (masks, boxes, image, clicks/strokes/fixations).
 """
 from __future__ import annotations
