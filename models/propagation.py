@@ -12,7 +12,10 @@ box-prompted SAM always segments *something* inside a box:
 - intensity: the mean intensity inside the mask jumps from the previous slice's, or has drifted away
   from the prompted slice's (it is now a different tissue: the rule that stops the slow slide of an
   atlas region into its neighbour, e.g. amygdala -> hippocampus/cortex, on Colin27).
-The slice that triggers a stop is not part of the result.
+By default (`stop_rule="learned"`) these signals, with the sweep's history, go to a learned stop
+model (models/propagation_stop.py) that predicts how much of the new mask is still the structure;
+the hand rules decide only where the model's inputs fall outside what it was fitted on, and the
+area floor always applies. The slice that triggers a stop is not part of the result.
 The next box is the previous mask's box + a small margin ("mask" rule, the default). Measured worse
 on Colin27 and kept as options (bench/volume.py, docs/volume.md): a box re-inflated by the gap the
 model left inside the anchor's box ("calibrated", damped), the previous logits as a mask prompt
@@ -26,6 +29,7 @@ propagates at decoder speed; a running `VolumePrecomputer` can also be passed in
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -36,6 +40,7 @@ from integrations.volume import Volume
 from integrations.windowing import apply_window, volume_window
 from prompting.promptset import Box, PromptSet, PromptSource
 
+from .propagation_stop import LearnedStop, load_stop_model, stop_features
 from .segmentation import ImageEmbedding, Segmentation
 from .volume_views import VolumeView, reslice
 from .zoom import ZoomPolicy, _shift, crop_window
@@ -77,6 +82,10 @@ class PropagationConfig:
     # is kept from slice to slice while the box stays well inside it, so neighbouring slices share a
     # frame (and the previous logits stay meaningful as a mask prompt). None = whole slices only.
     zoom: ZoomPolicy | None = None
+    # "learned": past the area floor, the bundled stop model (models/propagation_stop.py) decides
+    # whether a slice is still the structure, the hand rules above only where its inputs fall outside
+    # what it was fitted on; "hand": the hand rules alone.
+    stop_rule: str = "learned"
 
     def describe(self) -> dict:
         return dict(self.__dict__)
@@ -93,6 +102,8 @@ class SliceRecord:
     median_intensity: float  # its median: robust to the 1-px rim of background a small mask carries
     anchor: bool  # a user/localiser prompt, not a propagated box
     box: tuple[float, float, float, float]
+    # the learned stop rule's predicted share of this mask inside the structure (None: not asked)
+    stop_score: float | None = None
 
 
 @dataclass
@@ -265,6 +276,9 @@ class _Propagator:
         self.calibration: dict[int, tuple[float, float, float, float]] = {}
         self.zoomer = StickyZoom(config.zoom or ZoomPolicy())
         self.anchor_window: dict[int, tuple[int, int, int, int] | None] = {}
+        if config.stop_rule not in ("learned", "hand"):
+            raise ValueError(f"unknown stop_rule {config.stop_rule!r}; use 'learned' or 'hand'")
+        self.stop_model: LearnedStop | None = None
 
     def image(self, z: int) -> np.ndarray:
         return apply_window(self.view.volume.voxels[z], self.bounds)
@@ -299,6 +313,25 @@ class _Propagator:
             box=(float(box.x0), float(box.y0), float(box.x1), float(box.y1)),
         )
         return rec
+
+    def learned_stop(self, rec: SliceRecord, history: list[SliceRecord], mask: np.ndarray, img: np.ndarray) -> str | None:
+        """The stop model's verdict, or the hand rules' where the model is out of its domain."""
+        anchor = history[0]
+        floor = max(self.config.min_area_px, self.config.min_area_fraction * anchor.area_px)
+        if rec.area_px < floor:
+            return f"object ended: mask area {rec.area_px} px < {floor:.0f} px"
+        if self.stop_model is None:
+            self.stop_model = load_stop_model()
+        vol = self.view.volume
+        feats = stop_features(rec, history, mask, img, abs(rec.index - anchor.index) * vol.spacing[2],
+                              math.sqrt(vol.pixel_area_mm2))
+        if not self.stop_model.in_domain(feats):
+            return self.stop_reason(rec, history[-1], anchor)
+        rec.stop_score = self.stop_model.predict(feats)
+        if rec.stop_score < self.stop_model.threshold:
+            return (f"learned stop: predicted share of the mask inside the structure {rec.stop_score:.2f} "
+                    f"< {self.stop_model.threshold:.2f}")
+        return None
 
     def stop_reason(self, rec: SliceRecord, prev: SliceRecord, anchor: SliceRecord) -> str | None:
         c = self.config
@@ -367,6 +400,7 @@ class _Propagator:
     def sweep(self, z0: int, direction: int, anchor: SliceRecord) -> None:
         self.zoomer.window = self.anchor_window.get(z0)  # both directions start from the anchor's frame
         prev = anchor
+        history = [anchor]
         z = z0 + direction
         steps = 0
         limit = self.config.max_slices
@@ -381,6 +415,7 @@ class _Propagator:
                 if rec is None:
                     return
                 anchor = prev = rec
+                history = [anchor]
                 z += direction
                 steps += 1
                 continue
@@ -390,7 +425,10 @@ class _Propagator:
                 prompt = prompt.with_mask_input(self.logits[prev.index])
             seg, img = self.segment(z, prompt)
             rec = self.record(z, seg, img, self.masks[prev.index], False, box)
-            reason = self.stop_reason(rec, prev, anchor)
+            if self.config.stop_rule == "learned":
+                reason = self.learned_stop(rec, history, seg.mask, img)
+            else:
+                reason = self.stop_reason(rec, prev, anchor)
             if reason is not None:
                 self.stops.append(StopEvent(direction, z, reason))
                 return
@@ -398,6 +436,7 @@ class _Propagator:
             self.logits[z] = seg.low_res_logits
             self.records[z] = rec
             prev = rec
+            history.append(rec)
             z += direction
             steps += 1
         self.stops.append(StopEvent(direction, z, "reached the edge of the volume"))

@@ -201,9 +201,99 @@ def test_drift_from_the_prompted_slices_tissue_stops_propagation(segmenter):
     vox += rng.normal(0, 10, vox.shape).astype(np.float32)
     vol = Volume(vox, spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0), modality="MR")
     seed = {6: PromptSet.from_box(*_box(disc))}
-    res = propagate(segmenter, vol, seed)
+    res = propagate(segmenter, vol, seed, config=PropagationConfig(stop_rule="hand"))
     first, last = res.slice_range
     assert 3 <= first and last <= 9, res.notes
     assert any("median intensity" in s.reason for s in res.stops), res.notes
-    free = propagate(segmenter, vol, seed, config=PropagationConfig(max_anchor_intensity_shift=None))
+    free = propagate(segmenter, vol, seed, config=PropagationConfig(max_anchor_intensity_shift=None, stop_rule="hand"))
     assert free.voxel_count > res.voxel_count
+
+
+# -- the learned stop rule (models/propagation_stop.py) ---------------------------------------------
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+
+import models.propagation as propagation_module  # noqa: E402
+from models.propagation import SliceRecord  # noqa: E402
+from models.propagation_stop import STOP_FEATURES, STOP_MODEL_PATH, LearnedStop, load_stop_model, stop_features  # noqa: E402
+
+
+def test_bundled_stop_model_is_well_formed_and_not_fitted_on_the_benchmark():
+    model = load_stop_model()
+    assert set(model.model.features) <= set(STOP_FEATURES)
+    assert 0.0 < model.threshold < 1.0
+    assert model.model.low is not None and model.model.max_outside < 1.0  # gated by its training range
+    assert "colin27" not in model.trained_on and "deformed0" not in model.trained_on, model.trained_on
+
+
+def test_malformed_stop_models_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.json"):
+        load_stop_model(str(tmp_path / "nowhere.json"))
+    good = json.loads(STOP_MODEL_PATH.read_text())
+    for change, match in ((dict(threshold=1.5), "threshold"),
+                          (dict(model={**good["model"], "features": ["iou", "eye_colour"] + good["model"]["features"][2:]}),
+                           "eye_colour"),
+                          (dict(model={"type": "ensemble", "members": [good["model"]]}), "must be of type .trees.")):
+        p = tmp_path / "bad.json"
+        p.write_text(json.dumps({**good, **change}))
+        with pytest.raises((ValueError, KeyError), match=match):
+            load_stop_model.__wrapped__(str(p))
+
+
+def _rec(index, area, iou=0.9, box=(10.0, 10.0, 29.0, 29.0)):
+    return SliceRecord(index=index, area_px=area, predicted_iou=iou, stability=0.9, consistency=0.8, intensity=0.5,
+                       median_intensity=0.5, anchor=False, box=box)
+
+
+def test_stop_features_measure_depth_against_the_anchors_size():
+    mask = np.zeros((40, 40), bool)
+    mask[12:28, 12:27] = True
+    img = np.where(mask, 0.8, 0.2).astype(np.float32)
+    history = [_rec(20, 400), _rec(21, 300), _rec(22, 200)]
+    rec = _rec(23, int(mask.sum()), iou=0.7)
+    f = stop_features(rec, history, mask, img, depth_mm=3 * 2.5, pixel_mm=0.5)
+    assert f["depth"] == pytest.approx(7.5 / (20 * 0.5))  # 3 slices of 2.5 mm vs a 10 mm-wide anchor
+    assert f["log_area_peak"] == pytest.approx(np.log(241 / 401))
+    assert f["log_growth"] == pytest.approx(np.log(241 / 201))
+    assert f["log_growth_prev"] == pytest.approx(np.log(201 / 301))
+    assert f["d_iou"] == pytest.approx(0.7 - 0.9) and f["iou_min"] == pytest.approx(0.7)
+    assert f["fill"] == pytest.approx(240 / 400)
+    assert f["contrast"] > 1.0  # a bright square on a dark ground
+    assert set(f) == set(STOP_FEATURES)
+
+
+def _with_stop_model(monkeypatch, threshold, everything_in_domain=True):
+    base = load_stop_model()
+    tree = base.model
+    if everything_in_domain:
+        n = len(tree.features)
+        tree = dataclasses.replace(tree, low=(-1e9,) * n, high=(1e9,) * n)
+    else:
+        tree = dataclasses.replace(tree, max_outside=-1.0)  # nothing is ever in its domain
+    monkeypatch.setattr(propagation_module, "load_stop_model", lambda: LearnedStop(tree, threshold, "test"))
+
+
+def test_learned_stop_decides_where_in_domain(segmenter, ellipsoid_volume, monkeypatch):
+    vol, truth = ellipsoid_volume
+    seed = {CZ: PromptSet.from_box(*_box(truth[CZ]))}
+    _with_stop_model(monkeypatch, 1.01)  # no precision reaches it: the first propagated slice stops
+    res = propagate(segmenter, vol, seed)
+    assert res.slice_range == (CZ, CZ)
+    assert all("learned stop" in s.reason for s in res.stops), res.notes
+    _with_stop_model(monkeypatch, -1.0)  # never stops: only the vanished-object floor ends a sweep
+    res = propagate(segmenter, vol, seed)
+    assert all(r.stop_score is not None for r in res.slices if not r.anchor)
+    assert all("learned" not in s.reason for s in res.stops), res.notes
+
+
+def test_learned_stop_leaves_unfamiliar_slices_to_the_hand_rules(segmenter, ellipsoid_volume, monkeypatch):
+    vol, truth = ellipsoid_volume
+    seed = {CZ: PromptSet.from_box(*_box(truth[CZ]))}
+    hand = propagate(segmenter, vol, seed, config=PropagationConfig(stop_rule="hand"))
+    _with_stop_model(monkeypatch, 1.01, everything_in_domain=False)
+    res = propagate(segmenter, vol, seed)
+    assert res.slice_range == hand.slice_range and [s.reason for s in res.stops] == [s.reason for s in hand.stops]
+    assert all(r.stop_score is None for r in res.slices)
+    with pytest.raises(ValueError, match="stop_rule"):
+        propagate(segmenter, vol, seed, config=PropagationConfig(stop_rule="maybe"))

@@ -1,0 +1,254 @@
+"""Fit and check the learned stop rule of slice propagation (models/propagation_stop.py).
+
+    .venv/bin/python bench/train_stop.py collect --subjects deformed1,deformed2,deformed3 --out .bench-data/stop/train.npz
+    .venv/bin/python bench/train_stop.py collect --subjects colin27,deformed0 --structures bench --out .bench-data/stop/bench.npz
+    .venv/bin/python bench/train_stop.py fit .bench-data/stop/train.npz [--check .bench-data/stop/bench.npz] [--write]
+
+collect: from one tight box on the middle slice of each structure, propagate with every hand stop rule
+off except "the mask vanished" (area floor), up to 25 slices past the structure's true end, and keep
+per propagated slice the stop features, the hand rules' verdict, and the mask's area and overlap with
+the truth. Stopping never changes the slices before the stop, so these traces replay ANY stop rule
+exactly: a rule keeps a prefix of each direction's slices.
+
+Training structures (`--structures train`, the default): every AAL region except bench/volume.py's
+structures AND their other-side twins (no putamen, caudate, thalamus, hippocampus, amygdala, insula or
+cerebellum 6 at all), on deformed subjects other than bench/volume.py's deformed0.
+
+fit: gradient-boosted trees (bench/train_ranker.py's TREE_PARAMS) predict each slice's precision
+(overlap / mask area). The threshold is chosen by 3-D Dice in 5-fold cross-validation grouped by
+structure name (a region never in its own fold's training set); printed against the hand rules.
+`--check` replays the fitted rule and the hand rules on other traces (the benchmark's) WITHOUT
+choosing anything on them. `--write` bundles the model as models/propagation_stop.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from integrations.windowing import apply_window, volume_window  # noqa: E402
+from models.cache import EmbeddingCache  # noqa: E402
+from models.propagation import PropagationConfig, _Propagator, propagate  # noqa: E402
+from models.propagation_stop import STOP_FEATURES, STOP_MODEL_PATH, stop_features  # noqa: E402
+from models.registry import build_segmenter  # noqa: E402
+
+CACHE = ROOT / ".bench-data" / "embeddings"
+BENCH_TWINS = ("Putamen", "Caudate", "Thalamus", "Hippocampus", "Amygdala", "Insula", "Cerebelum_6")
+OVERSHOOT = 25  # slices past the true end a trace may run (leaks to learn from)
+THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.025), 3)
+
+
+def permissive(cap: int, margin: float = PropagationConfig.box_margin) -> PropagationConfig:
+    """Every hand stop rule off except the area floor ("the object vanished")."""
+    return PropagationConfig(box_margin=margin, min_predicted_iou=0.0, min_stability=0.0, min_consistency=0.0, max_growth=math.inf,
+                             max_intensity_shift=math.inf, max_anchor_intensity_shift=None, max_slices=cap,
+                             stop_rule="hand")
+
+
+def subject(name: str):
+    """(T1 volume, {structure: mask}) for 'colin27' or 'deformedK'."""
+    from bench.deform import deformed_subject, load_colin27
+
+    if name == "colin27":
+        t1, aal, brain, names = load_colin27()
+        labels = np.rint(aal.voxels).astype(np.int32)
+
+        def mask(s):
+            if s == "brain":
+                return brain.voxels > 0
+            return labels == next(i for i, n in names.items() if n == s)
+        return t1, names, mask
+    subj = deformed_subject(int(name.removeprefix("deformed")))
+    return subj.t1, subj.names, subj.label_mask
+
+
+def structure_list(which: str, names: dict[int, str]) -> list[str]:
+    from bench.volume import STRUCTURES
+
+    if which == "bench":
+        return list(STRUCTURES)
+    if which == "train":
+        return sorted(n for n in names.values() if not n.startswith(BENCH_TWINS))
+    return [s for s in which.split(",") if s]
+
+
+def trace(seg, volume, truth: np.ndarray, bounds, margin: float = PropagationConfig.box_margin) -> tuple[list[dict], dict]:
+    """Rows for every propagated slice of one structure, and the anchor slice's numbers."""
+    from bench.volume import middle_slice, tight_box
+
+    z0 = middle_slice(truth)
+    zs = np.nonzero(truth.reshape(truth.shape[0], -1).any(1))[0]
+    cap = int(max(z0 - zs.min(), zs.max() - z0)) + OVERSHOOT
+    res = propagate(seg, volume, {z0: tight_box(truth[z0])}, window=bounds, config=permissive(cap, margin))
+    recs = {r.index: r for r in res.slices}
+    anchor = recs[z0]
+    hand = SimpleNamespace(config=PropagationConfig())
+    pixel_mm = math.sqrt(volume.pixel_area_mm2)
+    rows = []
+    for direction in (-1, 1):
+        history = [anchor]
+        z = z0 + direction
+        while z in recs:
+            rec = recs[z]
+            m = res.mask[z]
+            img = apply_window(volume.voxels[z], bounds)
+            f = stop_features(rec, history, m, img, abs(z - z0) * volume.spacing[2], pixel_mm)
+            reason = _Propagator.stop_reason(hand, rec, history[-1], anchor)
+            rows.append({**f, "direction": direction, "step": abs(z - z0), "area": int(m.sum()),
+                         "inter": int((m & truth[z]).sum()), "truth_area": int(truth[z].sum()),
+                         "hand_stop": reason is not None})
+            history.append(rec)
+            z += direction
+    a = res.mask[z0]
+    return rows, {"area": int(a.sum()), "inter": int((a & truth[z0]).sum()), "truth": int(truth.sum())}
+
+
+def collect(a) -> None:
+    out = {k: [] for k in STOP_FEATURES + ("direction", "step", "area", "inter", "truth_area", "hand_stop", "case")}
+    cases = []
+    for sname in a.subjects.split(","):
+        volume, names, mask_of = subject(sname)
+        seg = build_segmenter("litemedsam", cache=EmbeddingCache(max_bytes=1 << 30, disk_dir=CACHE / sname))
+        bounds = volume_window(volume, None)
+        for s in structure_list(a.structures, names):
+            truth = mask_of(s)
+            if truth.reshape(truth.shape[0], -1).sum(1).max() < 10:
+                continue
+            t0 = time.perf_counter()
+            rows, anchor = trace(seg, volume, truth, bounds, a.margin)
+            k = len(cases)
+            cases.append({"subject": sname, "structure": s, **anchor})
+            for r in rows:
+                for key in out:
+                    out[key].append(k if key == "case" else r[key])
+            print(f"{sname:<10} {s:<22} {len(rows):4d} slices  {time.perf_counter() - t0:5.1f} s", flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(a.out, **{k: np.asarray(v) for k, v in out.items()}, cases=json.dumps(cases))
+    print(f"{len(cases)} structures, {len(out['case'])} slices -> {a.out}")
+
+
+def load(paths: str) -> tuple[dict[str, np.ndarray], list[dict]]:
+    tables, cases = [], []
+    for p in paths.split(","):
+        d = np.load(p)
+        t = {k: d[k] for k in d.files if k != "cases"}
+        t["case"] = t["case"] + len(cases)
+        cases += json.loads(str(d["cases"]))
+        tables.append(t)
+    return {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}, cases
+
+
+def kept_prefix(stop: np.ndarray, t: dict[str, np.ndarray], cases: list[dict]) -> dict[int, float]:
+    """3-D Dice per case when each direction keeps its slices up to (not including) the first `stop`."""
+    out = {}
+    for c, info in enumerate(cases):
+        inter, area = info["inter"], info["area"]
+        for d in (-1, 1):
+            idx = np.nonzero((t["case"] == c) & (t["direction"] == d))[0]
+            idx = idx[np.argsort(t["step"][idx])]
+            first = np.nonzero(stop[idx])[0]
+            keep = idx[: first[0]] if len(first) else idx
+            inter += int(t["inter"][keep].sum())
+            area += int(t["area"][keep].sum())
+        out[c] = 2.0 * inter / max(area + info["truth"], 1)
+    return out
+
+
+def precision(t: dict[str, np.ndarray]) -> np.ndarray:
+    return t["inter"] / np.maximum(t["area"], 1)
+
+
+def features(t: dict[str, np.ndarray]) -> np.ndarray:
+    from prompting.proposal_ranker import feature_matrix
+
+    return feature_matrix(t, STOP_FEATURES)
+
+
+def fit(a) -> None:
+    from bench.train_ranker import feature_range, fit_trees, trees_to_json
+    from prompting.proposal_ranker import _tree_ranker
+
+    t, cases = load(a.data)
+    X, y = features(t), precision(t)
+    names = np.array([c["structure"] for c in cases])
+    # folds by structure NAME: deformed twins of one region land in the same fold
+    uniq = sorted(set(names))
+    fold_of_name = {n: i % a.folds for i, n in enumerate(np.random.default_rng(0).permutation(uniq))}
+    fold = np.array([fold_of_name[names[c]] for c in t["case"]])
+    cv_pred = np.zeros(len(y))
+    for k in range(a.folds):
+        m = fold == k
+        cv_pred[m] = fit_trees(X[~m], y[~m]).predict(X[m])
+    hand = kept_prefix(t["hand_stop"], t, cases)
+    none = kept_prefix(np.zeros(len(y), bool), t, cases)
+    print(f"training traces: {len(cases)} structures, {len(y)} slices; cross-validated (5 folds by structure name)")
+    print(f"  hand rules           3-D Dice {np.mean(list(hand.values())):.4f}")
+    print(f"  no stop (area only)  3-D Dice {np.mean(list(none.values())):.4f}")
+    best = (-1.0, None)
+    for th in THRESHOLDS:
+        d = np.mean(list(kept_prefix(cv_pred < th, t, cases).values()))
+        both = np.mean(list(kept_prefix((cv_pred < th) | t["hand_stop"], t, cases).values()))
+        print(f"  learned < {th:.3f}      3-D Dice {d:.4f}   (learned OR hand rules {both:.4f})")
+        if d > best[0]:
+            best = (float(d), float(th))
+    threshold = best[1] if a.threshold is None else a.threshold
+    print(f"chosen threshold {threshold} (CV 3-D Dice {best[0]:.4f})")
+
+    model = fit_trees(X, y)
+    entry = trees_to_json(model, list(STOP_FEATURES))
+    entry["range"] = feature_range(X)
+    entry["trained_on"] = f"{len(cases)} propagation traces ({len(y)} slices): {sorted(set(c['subject'] for c in cases))}"
+    tree = _tree_ranker("stop", entry, Path("<fit>"))
+    full = tree.score({f: t[f] for f in STOP_FEATURES})
+    print(f"export check: max |numpy - sklearn| = {np.abs(full - model.predict(X)).max():.2e}")
+
+    if a.check:
+        tc, cc = load(a.check)
+        p = tree.score({f: tc[f] for f in STOP_FEATURES})
+        xs = features(tc)
+        out = (xs < np.asarray(entry["range"]["low"])) | (xs > np.asarray(entry["range"]["high"]))
+        in_dom = out.mean(1) <= entry["range"]["max_outside"]
+        learned = np.where(in_dom, p < threshold, tc["hand_stop"])
+        rows = {"hand": kept_prefix(tc["hand_stop"], tc, cc), "learned": kept_prefix(learned, tc, cc),
+                "learned, no gate": kept_prefix(p < threshold, tc, cc)}
+        print(f"\ncheck traces ({a.check}): {len(cc)} structures, {len(p)} slices, {1 - in_dom.mean():.1%} slices out of domain")
+        print(f"{'subject':<10} {'structure':<16} " + " ".join(f"{k:>17}" for k in rows))
+        for c, info in enumerate(cc):
+            print(f"{info['subject']:<10} {info['structure']:<16} " + " ".join(f"{rows[k][c]:17.3f}" for k in rows))
+        print(f"{'mean':<27} " + " ".join(f"{np.mean(list(rows[k].values())):17.4f}" for k in rows))
+    if a.write:
+        STOP_MODEL_PATH.write_text(json.dumps({"threshold": threshold, "trained_on": entry["trained_on"],
+                                               "model": entry}, separators=(",", ":")) + "\n")
+        print(f"wrote {STOP_MODEL_PATH} ({STOP_MODEL_PATH.stat().st_size // 1024} KB)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("--subjects", default="deformed1,deformed2,deformed3")
+    c.add_argument("--structures", default="train", help="'train', 'bench' or a comma-separated list")
+    c.add_argument("--out", required=True)
+    c.add_argument("--margin", type=float, default=PropagationConfig.box_margin,
+                   help="box margin of the propagated boxes (PropagationConfig.box_margin)")
+    f = sub.add_parser("fit")
+    f.add_argument("data", help="comma-separated collect outputs")
+    f.add_argument("--check", default=None)
+    f.add_argument("--folds", type=int, default=5)
+    f.add_argument("--threshold", type=float, default=None, help="use this threshold instead of the CV-chosen one")
+    f.add_argument("--write", action="store_true")
+    a = ap.parse_args()
+    collect(a) if a.cmd == "collect" else fit(a)
+
+
+if __name__ == "__main__":
+    main()
