@@ -226,7 +226,7 @@ def fit(a) -> None:
             print(f"{info['subject']:<10} {info['structure']:<16} " + " ".join(f"{rows[k][c]:17.3f}" for k in rows))
         print(f"{'mean':<27} " + " ".join(f"{np.mean(list(rows[k].values())):17.4f}" for k in rows))
     if a.write:
-        STOP_MODEL_PATH.write_text(json.dumps({"threshold": threshold, "trained_on": entry["trained_on"],
+        STOP_MODEL_PATH.write_text(json.dumps({"threshold": threshold, "box_margin": a.margin, "trained_on": entry["trained_on"],
                                                "model": entry}, separators=(",", ":")) + "\n")
         print(f"wrote {STOP_MODEL_PATH} ({STOP_MODEL_PATH.stat().st_size // 1024} KB)")
 
@@ -246,6 +246,8 @@ def main() -> None:
     f.add_argument("--folds", type=int, default=5)
     f.add_argument("--threshold", type=float, default=None, help="use this threshold instead of the CV-chosen one")
     f.add_argument("--write", action="store_true")
+    f.add_argument("--margin", type=float, default=PropagationConfig.box_margin,
+                   help="the box margin the traces were collected with (recorded in the JSON)")
     a = ap.parse_args()
     collect(a) if a.cmd == "collect" else fit(a)
 

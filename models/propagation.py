@@ -54,7 +54,10 @@ ProgressCallback = Callable[[int, int, str], None]
 class PropagationConfig:
     """When to go on and when to stop. Defaults chosen on Colin27 (bench/volume.py)."""
 
-    box_margin: float = 0.05  # enlarge the previous mask's box by this fraction of its size, each side
+    # Enlarge the previous mask's box by this fraction of its size, each side. Wider boxes undo more of
+    # the shrinking (the model draws its mask inside the box) but leak; measured, 0.05 kept
+    # (docs/volume.md: 0.10-0.20 with the learned stop won on the training regions, lost on bench/volume.py's).
+    box_margin: float = 0.05
     box_margin_px: float = 2.0  # ... plus this many pixels (a 1-pixel object still gets a usable box)
     min_area_px: int = 4
     min_area_fraction: float = 0.01  # of the anchor slice's area

@@ -100,6 +100,11 @@ def load_stop_model(path: str = str(STOP_MODEL_PATH)) -> LearnedStop:
     missing = set(model.features) - set(STOP_FEATURES)
     if missing:
         raise ValueError(f"the stop model in {p} uses features this clinseg does not compute: {sorted(missing)}")
+    from .propagation import PropagationConfig
+
+    if abs(float(d.get("box_margin", -1.0)) - PropagationConfig.box_margin) > 1e-9:
+        raise ValueError(f"the stop model in {p} was fitted on propagation with box margin {d.get('box_margin')}, "
+                         f"but propagation uses {PropagationConfig.box_margin}: refit it (bench/train_stop.py)")
     t = float(d["threshold"])
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"the stop model in {p} has a threshold outside [0, 1]: {t}")

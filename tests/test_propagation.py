@@ -231,7 +231,7 @@ def test_malformed_stop_models_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.json"):
         load_stop_model(str(tmp_path / "nowhere.json"))
     good = json.loads(STOP_MODEL_PATH.read_text())
-    for change, match in ((dict(threshold=1.5), "threshold"),
+    for change, match in ((dict(threshold=1.5), "threshold"), (dict(box_margin=0.15), "box margin"),
                           (dict(model={**good["model"], "features": ["iou", "eye_colour"] + good["model"]["features"][2:]}),
                            "eye_colour"),
                           (dict(model={"type": "ensemble", "members": [good["model"]]}), "must be of type .trees.")):
