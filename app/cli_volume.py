@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--series", default=None)
     p.add_argument("--cache-dir", default=os.environ.get("CLINSEG_CACHE_DIR"),
                    help="folder for the on-disk embedding cache (a second run on the same study skips the encoder)")
+    p.add_argument("--stop-rule", default="learned", choices=("learned", "hand"),
+                   help="where the structure ends: the learned stop model (default) or the hand rules alone (docs/volume.md)")
     p.add_argument("--out", required=True, help="output mask: .nii.gz/.nii/.nrrd (input geometry) or .npy")
     p.set_defaults(func=cmd_segment_3d)
 
@@ -61,7 +63,7 @@ def cmd_segment_3d(args) -> int:
     from integrations.loaders import load_volume
     from integrations.mask_io import write_mask
     from integrations.windowing import WINDOWS
-    from models.propagation import propagate
+    from models.propagation import PropagationConfig, propagate
     from models.volume_views import reslice
     from prompting.promptset import PromptSet
 
@@ -88,7 +90,7 @@ def cmd_segment_3d(args) -> int:
     segmenter = _segmenter(args)
     verbose = bool(getattr(args, "verbose", False))
     res = propagate(segmenter, vol, seeds, view=args.view, window=args.window, label=label,
-                    progress=_progress if verbose else None)
+                    config=PropagationConfig(stop_rule=args.stop_rule), progress=_progress if verbose else None)
     out = write_mask(args.out, vol, res.mask)
     summary = res.summary()
     summary["notes"] = notes + summary["notes"]

@@ -297,3 +297,23 @@ def test_learned_stop_leaves_unfamiliar_slices_to_the_hand_rules(segmenter, elli
     assert all(r.stop_score is None for r in res.slices)
     with pytest.raises(ValueError, match="stop_rule"):
         propagate(segmenter, vol, seed, config=PropagationConfig(stop_rule="maybe"))
+
+
+def test_cli_segment_3d_can_use_the_hand_rules(ellipsoid_volume, tmp_path, capsys):
+    from app.cli import main
+    from integrations.mask_io import write_mask
+
+    vol, truth = ellipsoid_volume
+    study = write_mask(tmp_path / "study.nii.gz", vol, (truth * 800 + 200).astype(np.float32))
+    box = [str(v) for v in _box(truth[CZ])]
+    for rule in ("hand", "learned"):
+        out = tmp_path / f"{rule}.nii.gz"
+        assert main(["segment-3d", str(study), "--box", *box, "--slice", str(CZ), "--stop-rule", rule,
+                     "--out", str(out)]) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert out.exists() and summary["voxels"] > 0
+        if rule == "hand":
+            assert not any("learned stop" in s["reason"] for s in summary["stops"]), summary["stops"]
+    with pytest.raises(SystemExit) as exc:  # argparse refuses an unknown rule before anything runs
+        main(["segment-3d", str(study), "--box", *box, "--stop-rule", "guess", "--out", str(out)])
+    assert exc.value.code == 2 and "--stop-rule" in capsys.readouterr().err
