@@ -28,7 +28,6 @@ import math
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from integrations.windowing import apply_window, volume_window  # noqa: E402
 from models.cache import EmbeddingCache  # noqa: E402
-from models.propagation import PropagationConfig, _Propagator, propagate  # noqa: E402
+from models.propagation import PropagationConfig, hand_stop_reason, propagate  # noqa: E402
 from models.propagation_stop import STOP_FEATURES, STOP_MODEL_PATH, stop_features  # noqa: E402
 from models.registry import build_segmenter  # noqa: E402
 
@@ -91,7 +90,7 @@ def trace(seg, volume, truth: np.ndarray, bounds, margin: float = PropagationCon
     res = propagate(seg, volume, {z0: tight_box(truth[z0])}, window=bounds, config=permissive(cap, margin))
     recs = {r.index: r for r in res.slices}
     anchor = recs[z0]
-    hand = SimpleNamespace(config=PropagationConfig())
+    hand = PropagationConfig()
     pixel_mm = math.sqrt(volume.pixel_area_mm2)
     rows = []
     for direction in (-1, 1):
@@ -102,7 +101,7 @@ def trace(seg, volume, truth: np.ndarray, bounds, margin: float = PropagationCon
             m = res.mask[z]
             img = apply_window(volume.voxels[z], bounds)
             f = stop_features(rec, history, m, img, abs(z - z0) * volume.spacing[2], pixel_mm)
-            reason = _Propagator.stop_reason(hand, rec, history[-1], anchor)
+            reason = hand_stop_reason(hand, rec, history[-1], anchor)
             rows.append({**f, "direction": direction, "step": abs(z - z0), "area": int(m.sum()),
                          "inter": int((m & truth[z]).sum()), "truth_area": int(truth[z].sum()),
                          "hand_stop": reason is not None})

@@ -256,6 +256,37 @@ def _damped(box: tuple[float, float, float, float], prev: tuple[float, float, fl
     return x0, y0, x1, y1
 
 
+def vanished(c: PropagationConfig, rec: SliceRecord, anchor: SliceRecord) -> str | None:
+    """The area floor, which every stop rule applies: the structure is gone."""
+    floor = max(c.min_area_px, c.min_area_fraction * anchor.area_px)
+    if rec.area_px < floor:
+        return f"object ended: mask area {rec.area_px} px < {floor:.0f} px"
+    return None
+
+
+def hand_stop_reason(c: PropagationConfig, rec: SliceRecord, prev: SliceRecord, anchor: SliceRecord) -> str | None:
+    """Why the hand rules stop at `rec` (None: go on)."""
+    gone = vanished(c, rec, anchor)
+    if gone is not None:
+        return gone
+    if rec.predicted_iou < c.min_predicted_iou:
+        return f"low predicted IoU {rec.predicted_iou:.2f} < {c.min_predicted_iou}"
+    if rec.stability < c.min_stability:
+        return f"uncertain mask: stability {rec.stability:.2f} < {c.min_stability}"
+    if rec.consistency < c.min_consistency:
+        return f"inconsistent with the previous slice: Dice {rec.consistency:.2f} < {c.min_consistency}"
+    if prev.area_px > 0 and rec.area_px > c.max_growth * prev.area_px:
+        return f"mask leaked: area grew x{rec.area_px / prev.area_px:.1f} (> x{c.max_growth})"
+    shift = abs(rec.intensity - prev.intensity)
+    if shift > c.max_intensity_shift:
+        return f"different tissue: mean intensity moved by {shift:.2f} (> {c.max_intensity_shift})"
+    drift = abs(rec.median_intensity - anchor.median_intensity)
+    if c.max_anchor_intensity_shift is not None and drift > c.max_anchor_intensity_shift:
+        return (f"different tissue: median intensity {rec.median_intensity:.2f} vs {anchor.median_intensity:.2f} on the "
+                f"prompted slice (> {c.max_anchor_intensity_shift})")
+    return None
+
+
 class _Propagator:
     def __init__(self, segmenter, view: VolumeView, bounds: tuple[float, float], seeds: Mapping[int, PromptSet],
                  config: PropagationConfig, progress: ProgressCallback | None, label: str,
@@ -320,9 +351,9 @@ class _Propagator:
     def learned_stop(self, rec: SliceRecord, history: list[SliceRecord], mask: np.ndarray, img: np.ndarray) -> str | None:
         """The stop model's verdict, or the hand rules' where the model is out of its domain."""
         anchor = history[0]
-        floor = max(self.config.min_area_px, self.config.min_area_fraction * anchor.area_px)
-        if rec.area_px < floor:
-            return f"object ended: mask area {rec.area_px} px < {floor:.0f} px"
+        gone = vanished(self.config, rec, anchor)
+        if gone is not None:
+            return gone
         if self.stop_model is None:
             self.stop_model = load_stop_model()
         vol = self.view.volume
@@ -337,26 +368,7 @@ class _Propagator:
         return None
 
     def stop_reason(self, rec: SliceRecord, prev: SliceRecord, anchor: SliceRecord) -> str | None:
-        c = self.config
-        floor = max(c.min_area_px, c.min_area_fraction * anchor.area_px)
-        if rec.area_px < floor:
-            return f"object ended: mask area {rec.area_px} px < {floor:.0f} px"
-        if rec.predicted_iou < c.min_predicted_iou:
-            return f"low predicted IoU {rec.predicted_iou:.2f} < {c.min_predicted_iou}"
-        if rec.stability < c.min_stability:
-            return f"uncertain mask: stability {rec.stability:.2f} < {c.min_stability}"
-        if rec.consistency < c.min_consistency:
-            return f"inconsistent with the previous slice: Dice {rec.consistency:.2f} < {c.min_consistency}"
-        if prev.area_px > 0 and rec.area_px > c.max_growth * prev.area_px:
-            return f"mask leaked: area grew x{rec.area_px / prev.area_px:.1f} (> x{c.max_growth})"
-        shift = abs(rec.intensity - prev.intensity)
-        if shift > c.max_intensity_shift:
-            return f"different tissue: mean intensity moved by {shift:.2f} (> {c.max_intensity_shift})"
-        drift = abs(rec.median_intensity - anchor.median_intensity)
-        if c.max_anchor_intensity_shift is not None and drift > c.max_anchor_intensity_shift:
-            return (f"different tissue: median intensity {rec.median_intensity:.2f} vs {anchor.median_intensity:.2f} on the "
-                    f"prompted slice (> {c.max_anchor_intensity_shift})")
-        return None
+        return hand_stop_reason(self.config, rec, prev, anchor)
 
     def anchor(self, z: int) -> SliceRecord | None:
         prompt = self.seeds[z]
