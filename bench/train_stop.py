@@ -54,7 +54,7 @@ def permissive(cap: int, margin: float = PropagationConfig.box_margin) -> Propag
 
 
 def subject(name: str):
-    """(T1 volume, {structure: mask}) for 'colin27' or 'deformedK'."""
+    """(T1 volume, AAL label -> name, structure name -> its [z, y, x] mask) for 'colin27' or 'deformedK'."""
     from bench.deform import deformed_subject, load_colin27
 
     if name == "colin27":
