@@ -10,8 +10,10 @@ Mapping: gaze comes in scene-camera pixels. The worker (started with `scene_fram
 scene frames (`drain_frames()`, a few per second); `integrations.screen_mapping.SceneGazeMapping`
 finds the AprilTag markers around the displayed image in each, and maps every gaze sample through
 the homography of the frame nearest in time, then through the viewer (where the image sits on the
-board, zoom, pan) to slice pixels. Gaze with no recent frame, off the board or off the image is kept
-as `on_image=False` (it splits fixations; it is never clamped onto the image). Frames from another
+board, zoom, pan) to slice pixels. Gaze off the image keeps its slice coordinates with
+`on_image=False` (never clamped onto the image): fixation detection reads it, so a fixation on a
+structure at the image's edge is not pulled inwards, and keeps only fixations mostly on the image.
+Gaze with no recent frame has no coordinates (NaN) and splits fixations. Frames from another
 scene-camera source can be handed in with `feed_frame` (they are processed in `poll`, on the
 script thread, like the worker's).
 

@@ -152,17 +152,19 @@ def replay(recording: Recording, mapper: GazeMapper | None = None,
             while nxt is not None and (nxt[0] - t0) / 1e9 <= t:
                 mapper.update_frame(nxt[1], (nxt[0] - t0) / 1e9)
                 nxt = next(frames, None)
-            out.append(_sample(recording, i, float(t), mapper.map(*recording.gaze_xy[i], float(t))))
+            out.append(_sample(recording, i, float(t), mapper.locate(*recording.gaze_xy[i], float(t))))
     else:
         for i, t in enumerate(ts):
-            out.append(_sample(recording, i, float(t), scene_to_image(*recording.gaze_xy[i], float(t))))
+            xy = scene_to_image(*recording.gaze_xy[i], float(t))
+            out.append(_sample(recording, i, float(t), None if xy is None else (xy[0], xy[1], True)))
     return out
 
 
-def _sample(rec: Recording, i: int, t: float, mapped) -> GazeSample:
-    if mapped is None:
+def _sample(rec: Recording, i: int, t: float, located) -> GazeSample:
+    """located: (x, y, on the image) in slice pixels, or None where the screen was not found."""
+    if located is None:
         return GazeSample(t, float("nan"), float("nan"), bool(rec.worn[i]), bool(rec.in_blink[i]), False)
-    return GazeSample(t, mapped[0], mapped[1], bool(rec.worn[i]), bool(rec.in_blink[i]), True)
+    return GazeSample(t, located[0], located[1], bool(rec.worn[i]), bool(rec.in_blink[i]), bool(located[2]))
 
 
 def recorded_fixations(recording: Recording, mapper: GazeMapper | None = None,

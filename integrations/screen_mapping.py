@@ -106,15 +106,24 @@ class ImageViewer:
     zoom: float = 1.0
     pan: tuple[float, float] = (0.0, 0.0)
 
-    def screen_to_image(self, sx: float, sy: float) -> tuple[float, float] | None:
-        if not self.rect.contains(sx, sy):
-            return None
+    def locate(self, sx: float, sy: float) -> tuple[float, float, bool]:
+        """Screen pixel -> slice pixel (x, y) on the slice's plane, not clipped, and whether the viewer
+        shows it (inside the viewer's rectangle and on the slice). Gaze just off the image keeps its
+        position: a fixation on a structure at the image's edge has samples on both sides, and only
+        all of them together put its centre where the eye looked."""
         # a screen pixel covers [k, k+1); its centre is k + 0.5; image pixel centres are integers
         ix = self.pan[0] + (sx - self.rect.x) / self.zoom - 0.5
         iy = self.pan[1] + (sy - self.rect.y) / self.zoom - 0.5
         h, w = self.image_shape
-        if not (-0.5 <= ix <= w - 0.5 and -0.5 <= iy <= h - 0.5):
+        shown = self.rect.contains(sx, sy) and -0.5 <= ix <= w - 0.5 and -0.5 <= iy <= h - 0.5
+        return float(ix), float(iy), bool(shown)
+
+    def screen_to_image(self, sx: float, sy: float) -> tuple[float, float] | None:
+        """Screen pixel -> slice pixel, or None where the viewer does not show the slice."""
+        ix, iy, shown = self.locate(sx, sy)
+        if not shown:
             return None
+        h, w = self.image_shape
         return float(min(max(ix, 0.0), w - 1.0)), float(min(max(iy, 0.0), h - 1.0))
 
     def image_to_screen(self, ix: float, iy: float) -> tuple[float, float]:
@@ -191,6 +200,16 @@ def gaze_to_image(gaze_xy: tuple[float, float], homography: ScreenHomography,
     return viewer.screen_to_image(sx, sy)
 
 
+def gaze_to_slice(gaze_xy: tuple[float, float], homography: ScreenHomography,
+                  viewer: ImageViewer) -> tuple[float, float, bool] | None:
+    """Scene-camera gaze -> (x, y, shown): slice coordinates, unclipped, and whether the viewer shows
+    that point (ImageViewer.locate); None only when the homography does not reach the screen plane."""
+    sx, sy = homography.scene_to_screen(*gaze_xy)
+    if not (np.isfinite(sx) and np.isfinite(sy)):
+        return None
+    return viewer.locate(sx, sy)
+
+
 @dataclass
 class GazeMapper:
     """Keeps the latest homography (updated per scene frame) and maps gaze samples between frames.
@@ -217,10 +236,19 @@ class GazeMapper:
             self.last_error = str(e)
             return False
 
-    def map(self, x: float, y: float, t: float) -> tuple[float, float] | None:
+    def _current(self, t: float) -> ScreenHomography | None:
         if self.homography is None or abs(t - self.homography_t) > self.max_age_s:
             return None
-        return gaze_to_image((x, y), self.homography, self.viewer)
+        return self.homography
+
+    def map(self, x: float, y: float, t: float) -> tuple[float, float] | None:
+        h = self._current(t)
+        return None if h is None else gaze_to_image((x, y), h, self.viewer)
+
+    def locate(self, x: float, y: float, t: float) -> tuple[float, float, bool] | None:
+        """Like `map`, but gaze off the image keeps its slice coordinates (gaze_to_slice)."""
+        h = self._current(t)
+        return None if h is None else gaze_to_slice((x, y), h, self.viewer)
 
     def with_viewer(self, viewer: ImageViewer) -> "GazeMapper":
         """The user zoomed or panned: same markers, new viewer geometry."""
@@ -243,7 +271,7 @@ class SceneFrame:
 class LiveBatch:
     """What one poll of the live feed produced, in slice pixels, ready for prompting.gaze.LiveGazeSession."""
 
-    samples: list  # prompting.gaze.GazeSample (on_image=False where the gaze missed the image or no screen was seen)
+    samples: list  # prompting.gaze.GazeSample (on_image=False where the gaze missed the image, x/y NaN if no screen was seen)
     fixations: list  # prompting.gaze.Fixation from the device's own detector, mapped; off-image ones dropped
     blinks: list[tuple[float, float]]
     frames_used: int = 0
@@ -286,6 +314,10 @@ class SceneGazeMapping:
         h = self._homography_at(t)
         return None if h is None else gaze_to_image((x, y), h, self.mapper.viewer)
 
+    def locate_point(self, x: float, y: float, t: float) -> tuple[float, float, bool] | None:
+        h = self._homography_at(t)
+        return None if h is None else gaze_to_slice((x, y), h, self.mapper.viewer)
+
     def process(self, frames, gaze, fixations=(), blinks=()) -> LiveBatch:
         """frames: SceneFrame; gaze: objects with t, x, y, worn (scene px); fixations: with t_start,
         t_end, x, y (scene px); blinks: with t_start, t_end. Frames are used before the gaze they time."""
@@ -295,12 +327,12 @@ class SceneGazeMapping:
         spans = [(float(b.t_start), float(b.t_end)) for b in blinks]
         out = []
         for g in gaze:
-            xy = self.map_point(float(g.x), float(g.y), float(g.t))
+            loc = self.locate_point(float(g.x), float(g.y), float(g.t))
             blink = any(s <= g.t <= e for s, e in spans)
-            if xy is None:
+            if loc is None:
                 out.append(GazeSample(float(g.t), float("nan"), float("nan"), bool(g.worn), blink, False))
             else:
-                out.append(GazeSample(float(g.t), xy[0], xy[1], bool(g.worn), blink, True))
+                out.append(GazeSample(float(g.t), loc[0], loc[1], bool(g.worn), blink, loc[2]))
         fx = []
         for f in fixations:
             xy = self.map_point(float(f.x), float(f.y), 0.5 * (float(f.t_start) + float(f.t_end)))

@@ -41,11 +41,17 @@ class GazeSample:
     y: float
     worn: bool = True  # False: the glasses are off (Neon's `worn` flag)
     blink: bool = False  # inside a blink (on-device blink events or a recording's blinks.csv)
-    on_image: bool = True  # False: gaze fell outside the displayed image (or no screen found)
+    on_image: bool = True  # False: gaze fell outside the displayed image (x, y then NaN if no screen was found)
+
+    @property
+    def tracked(self) -> bool:
+        """The eye's position is known (glasses worn, no blink, mapped to finite slice coordinates), on
+        the displayed image or off it."""
+        return self.worn and not self.blink and math.isfinite(self.x) and math.isfinite(self.y)
 
     @property
     def usable(self) -> bool:
-        return self.worn and not self.blink and self.on_image and math.isfinite(self.x) and math.isfinite(self.y)
+        return self.tracked and self.on_image
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,11 @@ class FixationConfig:
     smoothing_samples: int = 5  # I-VT: moving-average window on positions before differencing
     dispersion_deg: float = 1.0  # I-DT: (max-min x) + (max-min y) within a fixation
     min_duration_s: float = 0.1  # both: shorter runs are not fixations
-    max_gap_s: float = 0.075  # a longer run of unusable samples (blink, off-image) splits fixations
+    max_gap_s: float = 0.075  # a longer run of untracked samples (blink, glasses off, no screen seen) splits fixations
+    # A fixation counts when at least this share of its samples fell on the displayed image. Samples
+    # off the image still take part in detection: dropping them first biased every fixation near the
+    # image's edge inwards (with 1 deg noise, by up to ~20 px on a 512 px slice, off small targets).
+    min_on_image: float = 0.5
     merge_distance_deg: float = 0.5  # I-VT: neighbouring runs closer than this (and in time) merge
     merge_gap_s: float = 0.15  # covers a blink inside a fixation
 
@@ -134,25 +144,27 @@ class FixationCluster:
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GazeTrack:
-    """Gaze samples as arrays (time, x, y, usable), in time order. A live session appends each chunk
-    once (`extended`) instead of rebuilding arrays from every sample object at each update (measured
-    on bench/gaze.py's 3 s live sessions: the rebuild was ~17 % of their compute)."""
+    """Gaze samples as arrays (time, x, y, tracked, on the image), in time order. A live session
+    appends each chunk once (`extended`) instead of rebuilding arrays from every sample object at each
+    update (measured on bench/gaze.py's 3 s live sessions: the rebuild was ~17 % of their compute)."""
     t: np.ndarray
     x: np.ndarray
     y: np.ndarray
-    ok: np.ndarray
+    ok: np.ndarray  # GazeSample.tracked: where the eye looked is known (on the image or off it)
+    on: np.ndarray  # GazeSample.on_image
 
     @staticmethod
     def empty() -> "GazeTrack":
         z = np.zeros(0, np.float64)
-        return GazeTrack(z, z, z, np.zeros(0, bool))
+        return GazeTrack(z, z, z, np.zeros(0, bool), np.zeros(0, bool))
 
     @staticmethod
     def of(samples: Sequence[GazeSample]) -> "GazeTrack":
         if isinstance(samples, GazeTrack):
             return samples
         track = GazeTrack(np.array([s.t for s in samples], dtype=np.float64), np.array([s.x for s in samples], dtype=np.float64),
-                          np.array([s.y for s in samples], dtype=np.float64), np.array([s.usable for s in samples], dtype=bool))
+                          np.array([s.y for s in samples], dtype=np.float64), np.array([s.tracked for s in samples], dtype=bool),
+                          np.array([s.on_image for s in samples], dtype=bool))
         if len(track) > 1 and np.any(np.diff(track.t) < 0):
             raise InvalidPromptError("gaze samples must be in time order (timestamps go backwards).")
         return track
@@ -166,7 +178,8 @@ class GazeTrack:
         if len(new) and len(self) and new.t[0] < self.t[-1]:
             raise InvalidPromptError("gaze samples must be in time order (timestamps go backwards).")
         cut = slice(-keep_last, None) if keep_last else slice(None)
-        return GazeTrack(*(np.concatenate([a, b])[cut] for a, b in ((self.t, new.t), (self.x, new.x), (self.y, new.y), (self.ok, new.ok))))
+        return GazeTrack(*(np.concatenate([a, b])[cut] for a, b in ((self.t, new.t), (self.x, new.x), (self.y, new.y),
+                                                                    (self.ok, new.ok), (self.on, new.on))))
 
 
 def _arrays(samples: Sequence[GazeSample] | GazeTrack) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -181,6 +194,10 @@ def _segments(t: np.ndarray, ok: np.ndarray, max_gap_s: float) -> list[np.ndarra
         return []
     gaps = np.diff(t[idx]) > max_gap_s
     return np.split(idx, np.nonzero(gaps)[0] + 1)
+
+
+def _mostly_on_image(track: GazeTrack, sel: np.ndarray, config: FixationConfig) -> bool:
+    return float(track.on[sel].mean()) >= config.min_on_image
 
 
 def _fixation(t, x, y, sel: np.ndarray, geometry: ViewingGeometry, source: str) -> Fixation:
@@ -229,8 +246,11 @@ def _reclaim(seg: np.ndarray, a: int, b: int, lo: int, hi: int, w: int, x: np.nd
     return a, b
 
 
+STEP_Z = 5.0  # standardised shift between two runs' mean positions that counts as a real step
+
+
 def _split_steps(run: np.ndarray, x: np.ndarray, y: np.ndarray, noise_px: float, min_len: int,
-                 min_shift_px: float, z: float = 5.0) -> list[np.ndarray]:
+                 min_shift_px: float, z: float = STEP_Z) -> list[np.ndarray]:
     """Split a run where the gaze position steps (binary segmentation for a change in mean).
 
     With noisy gaze the velocity filter must be long, and a short saccade between two nearby
@@ -297,26 +317,31 @@ def detect_fixations_ivt(samples: Sequence[GazeSample] | GazeTrack, geometry: Vi
                             w, x, y, 2.5 * max(noise_px, 1e-6) + geometry.deg_to_px(0.1))
             runs += _split_steps(seg[a:b], x, y, noise_px, min_len, geometry.deg_to_px(config.merge_distance_deg))
     # A blink or a few lost samples in the middle of a fixation split it into two runs at the same
-    # place: merge neighbours in time and space before judging durations.
+    # place: merge neighbours in time and space before judging durations. "Same place" is the step
+    # test of _split_steps the other way round: closer than merge_distance_deg, or no step the noise
+    # cannot explain. (A few samples left between a run and a blink have a mean as noisy as noise /
+    # sqrt(n): with 1 deg noise, 6 samples sat > 1 deg from their fixation's and kept its two halves apart.)
     merged: list[np.ndarray] = []
     for r in runs:
         if merged:
             prev = merged[-1]
             close_t = t[r[0]] - t[prev[-1]] <= config.merge_gap_s
-            d = math.hypot(x[r].mean() - x[prev].mean(), y[r].mean() - y[prev].mean()) * dpp
-            if close_t and d <= config.merge_distance_deg:
+            d = math.hypot(x[r].mean() - x[prev].mean(), y[r].mean() - y[prev].mean())
+            z = d / max(noise_px * math.sqrt(1.0 / len(r) + 1.0 / len(prev)), 1e-9)
+            if close_t and (d * dpp <= config.merge_distance_deg or z <= STEP_Z):
                 merged[-1] = np.concatenate([prev, r])
                 continue
         merged.append(r)
     return [_fixation(t, x, y, r, geometry, "ivt") for r in merged
-            if t[r[-1]] - t[r[0]] >= config.min_duration_s - 1e-9]
+            if t[r[-1]] - t[r[0]] >= config.min_duration_s - 1e-9 and _mostly_on_image(track, r, config)]
 
 
 def detect_fixations_idt(samples: Sequence[GazeSample] | GazeTrack, geometry: ViewingGeometry,
                          config: FixationConfig = FixationConfig()) -> list[Fixation]:
     """Dispersion-threshold identification (Salvucci & Goldberg 2000): a window of at least
     min_duration whose (max-min x)+(max-min y) stays under dispersion_deg, grown while it does."""
-    t, x, y, ok = _arrays(samples)
+    track = GazeTrack.of(samples)
+    t, x, y, ok = _arrays(track)
     out: list[Fixation] = []
     limit_px = config.dispersion_deg * geometry.image_px_per_deg
     for seg in _segments(t, ok, config.max_gap_s):
@@ -341,7 +366,8 @@ def detect_fixations_idt(samples: Sequence[GazeSample] | GazeTrack, geometry: Vi
                     break
                 x_lo, x_hi, y_lo, y_hi = nx_lo, nx_hi, ny_lo, ny_hi
                 j += 1
-            out.append(_fixation(t, x, y, seg[i:j + 1], geometry, "idt"))
+            if _mostly_on_image(track, seg[i:j + 1], config):
+                out.append(_fixation(t, x, y, seg[i:j + 1], geometry, "idt"))
             i = j + 1
     return out
 
@@ -354,9 +380,15 @@ def detect_fixations(samples: Sequence[GazeSample] | GazeTrack, geometry: Viewin
 
 
 def fixations_on_image(fixations: Iterable[Fixation], shape: tuple[int, int]) -> list[Fixation]:
-    """Drop fixations whose centroid lies outside the slice (e.g. on-device fixations off the image)."""
+    """Drop fixations whose centroid lies outside the slice (e.g. on-device fixations off the image);
+    a centroid within the edge pixels' half-width outside is moved onto them."""
     h, w = shape
-    return [f for f in fixations if 0 <= f.x <= w - 1 and 0 <= f.y <= h - 1]
+    out = []
+    for f in fixations:
+        if -0.5 <= f.x <= w - 0.5 and -0.5 <= f.y <= h - 0.5:
+            inside = 0 <= f.x <= w - 1 and 0 <= f.y <= h - 1
+            out.append(f if inside else replace(f, x=min(max(f.x, 0.0), w - 1.0), y=min(max(f.y, 0.0), h - 1.0)))
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -66,7 +66,8 @@ def test_frames_map_gaze_to_slice_pixels():
         smp = batch.samples[k]
         assert smp.on_image and math.hypot(smp.x - targets[k % 3][0], smp.y - targets[k % 3][1]) < 2.0, (k, smp)
         assert smp.blink == (0.1 <= smp.t <= 0.12)
-    assert not batch.samples[30].on_image and not batch.samples[30].usable  # off the image: dropped
+    off = batch.samples[30]  # off the image: not a prompt, but where the eye was is kept for detection
+    assert not off.on_image and not off.usable and off.tracked and abs(off.x - (-30.0)) < 2.0 and abs(off.y - 40.0) < 2.0
     assert not batch.samples[31].on_image  # stale homography: not trusted
     assert len(batch.fixations) == 1 and math.hypot(batch.fixations[0].x - 120.5, batch.fixations[0].y - 77.0) < 2.0
     assert batch.fixations[0].source == "device"

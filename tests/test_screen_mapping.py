@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from integrations.screen_mapping import (GazeMapper, ImageViewer, Rect, ScreenNotFoundError, detect_markers,
-                                         gaze_to_image, marker_layout, render_marker, render_marker_board,
+                                         gaze_to_image, gaze_to_slice, marker_layout, render_marker, render_marker_board,
                                          screen_homography)
 
 SCENE = (1600, 1200)  # Neon scene camera (w, h)
@@ -80,6 +80,9 @@ def test_off_image_gaze_is_dropped(scene_setup):
     zoomed = ImageViewer(viewer.rect, viewer.image_shape, zoom=4.0, pan=(-20.0, 10.0))
     left = cv2.perspectiveTransform(np.array([[[160.0, 300.0]]]), H).reshape(2)
     assert gaze_to_image(tuple(left), hom, zoomed) is None  # screen x 160 -> image x -17.5: off the image
+    # ...but it keeps its place on the slice's plane for fixation detection, marked not shown
+    lx, ly, shown = gaze_to_slice(tuple(left), hom, zoomed)
+    assert not shown and abs(lx - (-20 + 10 / 4 - 0.5)) < 1.0 and abs(ly - (10 + 150 / 4 - 0.5)) < 1.0
     inside = cv2.perspectiveTransform(np.array([[[470.0, 390.0]]]), H).reshape(2)
     ix, iy = gaze_to_image(tuple(inside), hom, zoomed)
     assert abs(ix - (-20 + 320 / 4 - 0.5)) < 1.0 and abs(iy - (10 + 240 / 4 - 0.5)) < 1.0
