@@ -112,6 +112,15 @@ def drop_background_strokes(seg, strokes: tuple, shape: tuple[int, int]) -> None
         seg.mask = remove_negative(seg.mask, negative_evidence(negative, shape))
 
 
+def honour_edge_clicks(seg, prompt: PromptSet) -> None:
+    """Correction clicks near the mask's edge move the edge there (in place;
+    prompting.clicks.apply_click_edits): the decoder answers the box, the result answers the clicks."""
+    if any(p.source == PromptSource.CLICK for p in prompt.points):
+        from prompting.clicks import apply_click_edits
+
+        seg.mask = apply_click_edits(seg.mask, prompt.points)
+
+
 def run_prompt(ws: Workstation, segmenter, prompt: PromptSet, label: str = "", new_object: bool = False,
                strokes: tuple = (), inputs: tuple = (), fusion: tuple[str, ...] = (),
                decode_as: PromptSet | None = None) -> SliceResult:
@@ -133,6 +142,7 @@ def run_prompt(ws: Workstation, segmenter, prompt: PromptSet, label: str = "", n
         decode_as = decoder_prompt(segmenter, prompt)
     seg = segmenter.decode(emb, decode_as)
     drop_background_strokes(seg, strokes, shape)
+    honour_edge_clicks(seg, prompt)
     if ws.show_uncertainty:
         from models.uncertainty import add_uncertainty
 
@@ -178,6 +188,7 @@ def sharpen(ws: Workstation, segmenter) -> tuple[SliceResult | None, str]:
     seg.notes = list(previous.notes) + seg.notes[-1:]
     strokes = tuple(previous.strokes)
     drop_background_strokes(seg, strokes, shape)
+    honour_edge_clicks(seg, previous.prompt)
     obj = ws.active_object
     result = store_segmentation(ws, seg, previous.prompt, label=obj.label if obj is not None else "", strokes=strokes,
                                 inputs=previous.inputs, fusion=previous.fusion)
@@ -215,7 +226,8 @@ def drawn_to_prompt(ws: Workstation, segmenter, drawn: DrawnPrompt) -> PromptSet
         (x, y), = drawn.points
         point = Point(float(round(x)), float(round(y)), drawn.positive, PromptSource.CLICK)
         if previous is not None and previous.prompt.box is not None:
-            return clicks.correct_with_click(segmenter, emb, previous.prompt, previous.low_res_logits, point)
+            return clicks.correct_with_click(segmenter, emb, previous.prompt, previous.low_res_logits, point,
+                                             previous_mask=previous.mask)
         earlier = previous.prompt.points if previous is not None else ()
         if not any(p.positive for p in earlier + (point,)):
             raise InvalidPromptError("a negative click removes part of a mask: first give the object with a box or a positive click.")

@@ -45,7 +45,7 @@ from models.cache import EmbeddingCache  # noqa: E402
 from models.registry import build_segmenter  # noqa: E402
 from models.uncertainty import UncertaintyConfig, segment_with_uncertainty  # noqa: E402
 from models.zoom import ZoomPolicy, segment_adaptive  # noqa: E402
-from prompting.clicks import ClickConfig, correct_with_click, decoder_prompt, propose_from_points  # noqa: E402
+from prompting.clicks import ClickConfig, apply_click_edits, correct_with_click, decoder_prompt, propose_from_points  # noqa: E402
 from prompting.promptset import PromptSet  # noqa: E402
 from prompting.scribbles import Scribble, ScribbleConfig, propose_from_scribbles  # noqa: E402
 
@@ -69,8 +69,11 @@ def subsample(cases: list, n: int | None, offset: float = 0.0) -> list:
 
 
 def one_shot(seg, img, prompt: PromptSet, zoom: ZoomPolicy | None):
-    """The product's one-shot decode of a prompt (the same for every mode)."""
-    return segment_adaptive(seg, img, decoder_prompt(seg, prompt), zoom)
+    """The product's one-shot decode of a prompt (the same for every mode), then, as the app does
+    (app.actions.honour_edge_clicks), correction clicks near the mask's edge honoured locally."""
+    r = segment_adaptive(seg, img, decoder_prompt(seg, prompt), zoom)
+    r.mask = apply_click_edits(r.mask, prompt.points)
+    return r
 
 
 def run_case(seg, emb, img, mask, rng, zoom: ZoomPolicy | None, n_clicks: int = 3,

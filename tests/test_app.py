@@ -635,6 +635,23 @@ def test_inputs_of_one_object_merge_by_kind():
     assert is_mixed(merged_inputs((text,), c1))
 
 
+def test_negative_click_at_the_edge_moves_the_edge(app):
+    """A negative click 2 px inside the mask's edge (within a hand's aim of it) is honoured there: the
+    box stays, the edge moves in past the click, the rest of the mask stays."""
+    open_demo(app)
+    typed(app, DEMO_BOX)
+    box_only = ws_of(app).objects[0].result(20)
+    ys, xs = np.nonzero(box_only.mask)
+    i = int(np.argmax(xs))
+    nx, ny = int(xs[i]) - 2, int(ys[i])
+    set_tool(app, "Click −")
+    typed(app, f"{nx} {ny}")
+    assert not errors(app), errors(app)
+    r = ws_of(app).objects[0].result(20)
+    assert not r.mask[ny, nx] and 0 < box_only.area_px - r.area_px <= 0.05 * box_only.area_px
+    assert not any("still inside the mask" in n for n in r.fusion), r.fusion
+
+
 def test_box_and_negative_click_are_fused(app):
     ws = open_demo(app)
     typed(app, DEMO_BOX)
@@ -642,7 +659,7 @@ def test_box_and_negative_click_are_fused(app):
     assert box_only.fusion == ()  # one kind of input: no fusion
     ys, xs = np.nonzero(box_only.mask)
     i = int(np.argmax(xs))
-    nx, ny = int(xs[i]) - 3, int(ys[i])  # just inside the mask's right edge: "not this part"
+    nx, ny = int(xs[i]) - 8, int(ys[i])  # inside the mask's right edge, beyond an edge correction: "not this part"
     assert box_only.mask[ny, nx]
     set_tool(app, "Click −")
     typed(app, f"{nx} {ny}")
