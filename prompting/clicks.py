@@ -489,6 +489,9 @@ def correct_with_click(segmenter, embedding, prompt: PromptSet, previous_logits:
     ccfg = replace(cfg, w_centrality=0.0, w_neighbours=0.0, w_gap=0.0, w_size=0.0)
     variants = score_boxes(segmenter, embedding, boxes, points, ccfg, extra=() if box_only else points,
                            mask_input=None if box_only else previous_logits)
+    for v in variants:  # judged as they would be shown: with the clicks' edits (apply_click_edits)
+        v.mask = apply_click_edits(v.mask, points, cfg)
+        v.points_ok = _points_agreement(v.mask, points)
     unchanged = variants[0]
     if previous_mask is None and previous_logits is not None:
         previous_mask = _logits_to_mask(segmenter, embedding, previous_logits)
@@ -534,7 +537,8 @@ def edge_click_depth(mask: np.ndarray, click: Point, limit: int = 16) -> float:
 
 
 def apply_click_edits(mask: np.ndarray, points: Sequence[Point], cfg: ClickConfig = ClickConfig()) -> np.ndarray:
-    """The mask with every click near its edge honoured locally. A negative click inside the mask
+    """The mask with every click near its edge honoured locally, and holes clicked into filled. A
+    positive click in a hole of the mask (background the mask encloses) fills that hole. A negative click inside the mask
     within `cfg.edge_px` of its edge moves the edge in past the click: the mask's pixels no deeper
     than the click, within depth + 1 px of it, go (a shave along the edge, not a hole). A positive
     click that close outside moves the edge out to it the same way. The decoder answers boxes
@@ -546,10 +550,15 @@ def apply_click_edits(mask: np.ndarray, points: Sequence[Point], cfg: ClickConfi
     for p in points:
         if p.source != PromptSource.CLICK or not (math.isfinite(p.x) and math.isfinite(p.y)):
             continue
+        x, y = int(np.clip(round(p.x), 0, w - 1)), int(np.clip(round(p.y), 0, h - 1))
+        if p.positive and out.any() and not out[y, x]:
+            hole = _enclosed_component(out, x, y)
+            if hole is not None:  # a positive click in a hole of the mask (a ventricle inside the brain): fill it
+                out |= hole
+                continue
         depth = edge_click_depth(out, p)
         if not 0.0 < depth <= cfg.edge_px:
             continue
-        x, y = int(np.clip(round(p.x), 0, w - 1)), int(np.clip(round(p.y), 0, h - 1))
         reach = int(math.ceil(depth + 1))
         y0, y1, x0, x1 = max(0, y - reach), min(h, y + reach + 1), max(0, x - reach), min(w, x + reach + 1)
         win = out[y0:y1, x0:x1]
@@ -563,6 +572,15 @@ def apply_click_edits(mask: np.ndarray, points: Sequence[Point], cfg: ClickConfi
         band = side & near & (dist <= depth + 1e-6)
         win[band] = p.positive  # positive: background pixels join; negative: mask pixels go
     return out
+
+
+def _enclosed_component(mask: np.ndarray, x: int, y: int) -> np.ndarray | None:
+    """The background component of `mask` holding (x, y) when the mask encloses it (it does not reach
+    the image's border), else None."""
+    lab, _ = ndi.label(~mask)
+    k = lab[y, x]
+    border = np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])
+    return None if k == 0 or k in border else lab == k
 
 
 def _nested_overlap(a: np.ndarray, b: np.ndarray) -> float:

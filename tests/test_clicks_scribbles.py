@@ -249,6 +249,16 @@ def test_click_edits_move_the_edge_locally_and_leave_the_rest():
     assert np.array_equal(m, _square())  # pure
 
 
+def test_a_positive_click_in_a_hole_fills_it():
+    """A ventricle inside the brain, the lumen inside a vessel wall: a positive click in a hole the mask
+    encloses means the hole belongs to the structure; background open to the image's border is not a hole."""
+    yy, xx = np.mgrid[:80, :80]
+    ring = ((yy - 40) ** 2 + (xx - 40) ** 2 < 25 ** 2) & ((yy - 40) ** 2 + (xx - 40) ** 2 >= 10 ** 2)
+    filled = apply_click_edits(ring, [Point(40.0, 40.0)])
+    assert filled[40, 40] and filled.sum() == ((yy - 40) ** 2 + (xx - 40) ** 2 < 25 ** 2).sum()
+    assert np.array_equal(apply_click_edits(ring, [Point(3.0, 3.0)]), ring)  # open background, far from the edge
+
+
 def test_a_correction_at_the_edge_keeps_the_box_and_moves_the_edge(segmenter, disc):
     """A negative click 2 px inside the result's edge: within a hand's aim of the edge (2 px SD), so
     the box is not re-decided for it (that cut nuclei by 0.06-0.29 Dice); the edge moves there."""
