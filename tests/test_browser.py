@@ -182,8 +182,20 @@ def open_demo(d, url: str):
 
 
 def box_on_canvas(d, canvas) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+
     # The demo slice is 181x217 px shown at ~2.77x: this box covers the left hemisphere's centre.
-    drag(d, canvas, 90, 150, 260, 420)
+    for attempt in range(3):
+        try:
+            drag(d, canvas, 90, 150, 260, 420)
+            break
+        except StaleElementReferenceException:
+            # a late rerun re-mounted the canvas between finding it and dragging (seen once in a
+            # clean-clone run on a loaded host): find it again
+            if attempt == 2:
+                raise
+            idle(d)
+            canvas = wait_for(lambda: drawing_canvas(d), 60, "the drawing canvas")
     wait_for(lambda: "Mask updated" in body_text(d) or "found nothing" in body_text(d), 240, "the mask")
     idle(d)
 
