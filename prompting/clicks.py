@@ -465,17 +465,19 @@ def correct_with_click(segmenter, embedding, prompt: PromptSet, previous_logits:
     click agreement + decoder IoU + overlap with the previous mask wins (a correction fixes the error
     and leaves the rest). For a box-trained backend (LiteMedSAM) the clicks and previous logits are
     not given to the decoder: measured, they make its masks worse (docs/prompting.md); they act
-    through the box.
+    through the box. A click within `cfg.edge_px` of the shown mask's edge keeps the box: the edge
+    moves there (`apply_click_edits`, applied to every decode of the returned prompt), and variants
+    are judged by their masks with those edits, as they would be shown.
     """
     shape = tuple(embedding.original_size)
     points = prompt.points + (click,)
     check_points(points, shape)
     if prompt.box is None:
         return _repropose(segmenter, embedding, points, cfg)
-    shown = previous_mask if previous_mask is not None else (
-        _logits_to_mask(segmenter, embedding, previous_logits) if previous_logits is not None else None)
-    if shown is not None and np.asarray(shown).shape == shape:
-        depth = edge_click_depth(np.asarray(shown, bool), click)
+    if previous_mask is None and previous_logits is not None:
+        previous_mask = _logits_to_mask(segmenter, embedding, previous_logits)
+    if previous_mask is not None and np.asarray(previous_mask).shape == shape:
+        depth = edge_click_depth(np.asarray(previous_mask, bool), click)
         if 0.0 < depth <= cfg.edge_px:
             kind = "positive" if click.positive else "negative"
             ps = replace(prompt, points=points, mask_input=None if is_box_trained(segmenter) else previous_logits)
@@ -493,8 +495,6 @@ def correct_with_click(segmenter, embedding, prompt: PromptSet, previous_logits:
         v.mask = apply_click_edits(v.mask, points, cfg)
         v.points_ok = _points_agreement(v.mask, points)
     unchanged = variants[0]
-    if previous_mask is None and previous_logits is not None:
-        previous_mask = _logits_to_mask(segmenter, embedding, previous_logits)
     before = unchanged.points_ok
     if previous_mask is not None and np.asarray(previous_mask).shape == shape:
         before = max(before, _points_agreement(np.asarray(previous_mask, bool), points))
