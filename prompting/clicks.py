@@ -561,16 +561,14 @@ def apply_click_edits(mask: np.ndarray, points: Sequence[Point], cfg: ClickConfi
             continue
         reach = int(math.ceil(depth + 1))
         y0, y1, x0, x1 = max(0, y - reach), min(h, y + reach + 1), max(0, x - reach), min(w, x + reach + 1)
-        win = out[y0:y1, x0:x1]
-        side = ~win if p.positive else win  # the click's side of the edge
-        # distance of each pixel on the click's side to the edge, measured in a margin around the window
+        # distance of each pixel on the click's side to the edge (0 across it), in a margin around the
+        # window; the edge lies within `depth` of the click, so the margin always holds it
         m0, m1, n0, n1 = max(0, y0 - reach), min(h, y1 + reach), max(0, x0 - reach), min(w, x1 + reach)
-        big = ~out[m0:m1, n0:n1] if p.positive else out[m0:m1, n0:n1]
-        dist = ndi.distance_transform_edt(big)[y0 - m0: y1 - m0, x0 - n0: x1 - n0] if not big.all() else np.full(side.shape, np.inf)
+        side = ~out[m0:m1, n0:n1] if p.positive else out[m0:m1, n0:n1]
+        dist = ndi.distance_transform_edt(side)[y0 - m0: y1 - m0, x0 - n0: x1 - n0]
         yy, xx = np.ogrid[y0:y1, x0:x1]
-        near = (xx - x) ** 2 + (yy - y) ** 2 <= reach ** 2
-        band = side & near & (dist <= depth + 1e-6)
-        win[band] = p.positive  # positive: background pixels join; negative: mask pixels go
+        band = (dist > 0) & (dist <= depth + 1e-6) & ((xx - x) ** 2 + (yy - y) ** 2 <= reach ** 2)
+        out[y0:y1, x0:x1][band] = p.positive  # positive: background pixels join; negative: mask pixels go
     return out
 
 
