@@ -12,14 +12,16 @@ dominant cluster's candidate boxes are decoded in one batch and vote, the vote's
 and the learned gaze ranker (prompting/gaze_ranking.py, trained on other cases' readings by
 bench/train_ranker.py) chooses between that result and each candidate's own mask (prompting/gaze.py).
 Baseline, same run, same cases, SAME decode path: the mask's tight bounding box. Two paths are measured for both:
-- one-shot (`box`, `gaze05`, `gaze10` in RESULT): the product's one-shot path
-  (models.zoom.segment_adaptive = app.pipeline.segment_best: whole-slice decode, then
+- one-shot (`box`, `gaze05`, `gaze10` in RESULT): the product's one-shot path. For the tight box
+  models.zoom.segment_adaptive (= app.pipeline.segment_best: whole-slice decode, then
   `refine_with_zoom`: a zoomed re-encode for small boxes, kept when the decoder rates it >= 0.05
-  higher), applied to the tight box and to the gaze result alike (for gaze the whole-slice result is
-  the proposal's mask);
+  higher); for gaze models.gaze_zoom.sharpen_gaze (what the app's recording replay runs): for a small
+  box the reading is repeated on the same zoomed crop and the learned ranker chooses among the
+  whole-slice and crop masks, else the same gated zoom of the proposal's mask;
 - interactive (whole-slice decode only, what the live session shows).
 `latency_ms`: median time from the fixations being available to the interactive mask (fixation
-detection + clustering + candidate batch + fixed point; cached embedding). `live_hz`: LiveGazeSessions
+detection + clustering + candidate batch + fixed point; cached embedding); the one-shot step's own
+median time (crop encode + decodes) is printed beside it. `live_hz`: LiveGazeSessions
 (live config) fed 50 ms chunks of a 3 s reading on 3 AAL cases; mask updates per second of compute
 (all chunks' time counted), with the load average printed (2 shared cores: noisy).
 """
@@ -43,9 +45,10 @@ from integrations.errors import InvalidPromptError  # noqa: E402
 from integrations.metrics import box_of, dice  # noqa: E402
 from models.cache import EmbeddingCache  # noqa: E402
 from models.registry import build_segmenter  # noqa: E402
-from models.zoom import ZoomPolicy, refine_with_zoom, segment_adaptive  # noqa: E402
+from models.gaze_zoom import sharpen_gaze  # noqa: E402
+from models.zoom import ZoomPolicy, segment_adaptive  # noqa: E402
 from prompting.gaze import (FixationConfig, GazePromptConfig, GazeSample, LiveGazeSession,  # noqa: E402
-                            decoder_prompt, detect_fixations, gaze_prompt)
+                            detect_fixations, gaze_prompt)
 from prompting.promptset import PromptSet  # noqa: E402
 
 KEYS = ("box", "box_w", "gaze05", "gaze05_w", "gaze10", "gaze10_w")
@@ -56,6 +59,9 @@ def subsample(cases, limit: int | None, rng):
         return cases
     idx = sorted(rng.choice(len(cases), size=limit, replace=False))
     return [cases[i] for i in idx]
+
+
+ONESHOT_MS: list[float] = []  # the one-shot step's time per reading (printed, not in RESULT)
 
 
 def gaze_case(segmenter, emb, image01, case, geometry, sigma, seed, fcfg, pcfg, bias=0.0):
@@ -69,10 +75,12 @@ def gaze_case(segmenter, emb, image01, case, geometry, sigma, seed, fcfg, pcfg, 
         return 0.0, 0.0, (time.perf_counter() - t0) * 1000
     ms = (time.perf_counter() - t0) * 1000
     inter = dice(prop.segmentation.mask, case.mask)
-    # the one-shot path on the gaze result: the same zoomed re-encode and acceptance rule as
-    # segment_adaptive gives the tight box, with the gaze proposal's mask as the whole-slice base
-    # (re-decoding its box instead would throw the candidate vote away)
-    one = refine_with_zoom(segmenter, image01, decoder_prompt(prop.prompt, pcfg), prop.segmentation, ZoomPolicy())
+    # the one-shot path on the gaze result (models.gaze_zoom.sharpen_gaze, what the app's replay runs):
+    # the reading repeated on a zoomed crop, the learned choice over whole-slice and crop masks; for a
+    # box too large to zoom, segment_adaptive's gated zoom, as the tight box gets
+    t1 = time.perf_counter()
+    one = sharpen_gaze(segmenter, image01, prop, fx, geometry, config=pcfg).segmentation
+    ONESHOT_MS.append((time.perf_counter() - t1) * 1000)
     return dice(one.mask, case.mask), inter, ms
 
 
@@ -163,7 +171,8 @@ def main() -> None:
     rate = sum(n for _, _, n, _ in live) / busy_s if busy_s > 0 else float("nan")
     per_update = float(np.mean([d for _, d, _, _ in live]))
     n_up = sum(n for _, _, n, _ in live)
-    print(f"latency fixations -> interactive mask: median {latency:.0f} ms (p90 {np.percentile(lat, 90):.0f} ms)")
+    print(f"latency fixations -> interactive mask: median {latency:.0f} ms (p90 {np.percentile(lat, 90):.0f} ms); "
+          f"one-shot step after it (crop encode, zoomed reading, choice): median {np.median(ONESHOT_MS):.0f} ms")
     print(f"runtime: {getattr(seg, 'runtime_report', None)}")
     print(f"live (3 AAL cases x 3 s of gaze): {n_up} updates, {per_update:.1f} decoder calls per update, {rate:.1f} "
           f"updates per second of compute (torch threads {torch.get_num_threads()}, load average "

@@ -191,7 +191,7 @@ def collect(args) -> None:
     kinds = _kinds(args.kinds)
     seg = build_segmenter("litemedsam", cache=EmbeddingCache(disk_dir=args.cache_dir or None), num_threads=args.threads)
     sets = training_cases(args.per_slice, args.nuclei)
-    rows = {k: {"X": [], "dice": [], "hand": [], "case": [], "set": []} for k in kinds}
+    rows = {k: {"X": [], "dice": [], "hand": [], "case": [], "set": [], "pair": []} for k in kinds}
     t0, case_id, reading = time.perf_counter(), 0, 0
     gaze_bench = gaze_bench_case_names()
     for set_name, cases in sets.items():
@@ -224,6 +224,10 @@ def collect(args) -> None:
         out.update({f"{kind}_X": np.concatenate(r["X"]), f"{kind}_dice": np.concatenate(r["dice"]),
                     f"{kind}_hand": np.concatenate(r["hand"]), f"{kind}_case": np.concatenate(r["case"]),
                     f"{kind}_set": np.concatenate(r["set"]), f"{kind}_features": np.array(KINDS[kind])})
+        if r["pair"]:
+            width = max(p.shape[1] for p in r["pair"])
+            out[f"{kind}_pair"] = np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=np.nan)
+                                                  for p in r["pair"]])
     np.savez_compressed(args.out, **out)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {len(v['X'])} cases" for k, v in rows.items()))
 
@@ -235,6 +239,8 @@ def _store(r, table, names, cands, truth, case_id, set_name, masks=None) -> None
     r["hand"].append(np.array([float(getattr(s, "is_vote", False)) if masks is not None else s.score for s in cands]))
     r["case"].append(np.full(len(cands), case_id))
     r["set"].append(np.array([set_name] * len(cands)))
+    if masks is not None:  # the candidates' Dice with each other: what a minimum-risk choice weighs
+        r["pair"].append(np.array([[dice(a, b) for b in masks] for a in masks]))
 
 
 # -- fitting ---------------------------------------------------------------------------------------
