@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from integrations.errors import InvalidPromptError
-from prompting.gaze import (Fixation, GazePromptConfig, GazeProposal, ViewingGeometry, decoder_prompt,
+from prompting.gaze import (Fixation, GazePromptConfig, GazeProposal, ViewingGeometry, _mask_box, decoder_prompt,
                             fixation_arrays, fixation_cover, gaze_prompt)
 from prompting.gaze_ranking import GazeCandidate, rank
 from prompting.promptset import Box, Point, PromptSet, PromptSource
@@ -42,16 +42,6 @@ class GazeResult:
 
 def _shift_box(b: Box, dx: float, dy: float) -> Box:
     return Box(b.x0 + dx, b.y0 + dy, b.x1 + dx, b.y1 + dy, b.source, b.confidence)
-
-
-def _mask_box(mask: np.ndarray, confidence: float) -> Box | None:
-    """The mask's bounding box one pixel out (as prompting.gaze does for its fixed point)."""
-    ys, xs = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    if len(xs) == 0:
-        return None
-    h, w = mask.shape
-    return Box(max(0.0, xs[0] - 1.0), max(0.0, ys[0] - 1.0), min(w - 1.0, xs[-1] + 1.0), min(h - 1.0, ys[-1] + 1.0),
-               PromptSource.GAZE, float(np.clip(confidence, 0.0, 1.0)))
 
 
 def sharpen_gaze(segmenter, image01: np.ndarray, proposal: GazeProposal, fixations: Sequence[Fixation],
