@@ -27,7 +27,7 @@ from prompting.gaze_ranking import GazeCandidate, rank
 from prompting.promptset import Box, Point, PromptSet, PromptSource
 
 from .segmentation import Segmentation
-from .zoom import ZoomPolicy, refine_with_zoom, to_slice_frame, zoom_crop
+from .zoom import ZoomPolicy, keep_better, to_slice_frame, zoom_crop
 
 
 @dataclass
@@ -49,22 +49,27 @@ def sharpen_gaze(segmenter, image01: np.ndarray, proposal: GazeProposal, fixatio
                  config: GazePromptConfig = GazePromptConfig(), policy: ZoomPolicy | None = ZoomPolicy()) -> GazeResult:
     """`proposal` (from `gaze_prompt(..., image01=image01)` on the whole slice) -> the one-shot result.
 
-    Falls back to the whole-slice result with the gated zoom (`refine_with_zoom`) when there is no
+    Falls back to the whole-slice result with the gated zoom (`models.zoom.keep_better`, as
+    `refine_with_zoom` decides; one crop encode and decode serve both) when there is no
     learned choice (`config.ranker` None, or the proposal kept no candidates), when the box is too
     large to zoom, or when the crop holds no usable fixation."""
     shape = image01.shape[:2]
     prompt = decoder_prompt(proposal.prompt, config)
-    whole = refine_with_zoom(segmenter, image01, prompt, proposal.segmentation, policy)
-    fallback = GazeResult(proposal.prompt, whole, whole.zoom is not None, len(proposal.choices))
-    if (policy is None or config.ranker is None or not proposal.choices or prompt.box is None
-            or not policy.applies(prompt.clipped(shape).box, shape)):
-        return fallback
+    base = proposal.segmentation
+    if policy is None or prompt.box is None or not policy.applies(prompt.clipped(shape).box, shape):
+        return GazeResult(proposal.prompt, base, False, len(proposal.choices))
     crop = zoom_crop(image01, prompt, policy)
     x0, y0, x1, y1 = crop.window
     cshape = crop.image01.shape[:2]
     cemb = segmenter.embed(crop.image01)
-    # candidate 1: the whole-slice choice's box, decoded on the crop
-    zoomed = [(to_slice_frame(segmenter, segmenter.decode(cemb, crop.prompt), crop, shape), prompt.box)]
+    # the whole-slice choice's box decoded on the crop: refine_with_zoom's candidate (kept by its gate
+    # when there is no learned choice) and one of the masks the learned choice sees
+    boxed = to_slice_frame(segmenter, segmenter.decode(cemb, crop.prompt), crop, shape)
+    whole = keep_better(base, boxed)
+    fallback = GazeResult(proposal.prompt, whole, whole is boxed, len(proposal.choices))
+    if config.ranker is None or not proposal.choices:
+        return fallback
+    zoomed = [(boxed, prompt.box)]
     inside = [replace(f, x=f.x - x0, y=f.y - y0) for f in fixations]
     crop_rejected = tuple(replace(p, x=p.x - x0, y=p.y - y0) for p in rejected
                           if 0 <= p.x - x0 <= cshape[1] - 1 and 0 <= p.y - y0 <= cshape[0] - 1)

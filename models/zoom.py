@@ -142,7 +142,12 @@ def refine_with_zoom(segmenter, image01: np.ndarray, prompt: PromptSet, base: Se
     """`base` (a whole-slice result for `prompt`), or the zoomed result when the decoder rates it clearly better."""
     if policy is None or prompt.box is None or not policy.applies(prompt.clipped(image01.shape[:2]).box, image01.shape[:2]):
         return base
-    zoomed = segment_zoomed(segmenter, image01, prompt, policy)
+    return keep_better(base, segment_zoomed(segmenter, image01, prompt, policy))
+
+
+def keep_better(base: Segmentation, zoomed: Segmentation) -> Segmentation:
+    """The gate of `refine_with_zoom`: `zoomed` (the same prompt decoded on a crop, slice frame) when
+    the decoder rates it ZOOM_IOU_MARGIN higher than the whole-slice `base`, else `base` (noted)."""
     if zoomed.predicted_iou >= base.predicted_iou + ZOOM_IOU_MARGIN:
         zoomed.label, zoomed.slice_index = base.label, base.slice_index
         zoomed.notes = base.notes + zoomed.notes[-1:]
