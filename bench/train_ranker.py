@@ -6,9 +6,10 @@ DISJOINT from bench/prompts.py's and bench/gaze.py's.
 
 Training cases (never the benchmark's):
   colin27   AAL regions on Colin27 axial slices 10 mm away from every slice bench/prompts.py uses
-            (the bench takes z = first + 5 + 20 k; these are z = first + 15 + 20 k), and the brain
-            mask on z = 50, 70, ..., 130 (the bench: 40, 60, ..., 140);
-  deformed  AAL regions and the brain mask of deformed Colin27 subjects (bench/deform.py, seeds 1, 2);
+            (the bench takes z = first + 5 + 20 k; these are z = first + 15 + 20 k);
+  deformed  AAL regions of deformed Colin27 subjects (bench/deform.py, seeds 1, 2);
+  organ     whole-organ targets: the brain mask on Colin27 z = 50, 70, ..., 130 (the bench: 40, 60,
+            ..., 140) and on every deformed slice above (`target_set`);
   nuclei    stardist's 2D image, the nuclei that neither benchmark subset (offset 0 / 0.5, 10 cases)
             uses, and stardist's OTHER image (img3d.tif, three z slices upsampled 4x) with its labels.
 For every case the simulated users of DESIGN.md (bench/simulated_users.py) make one click and one
@@ -22,7 +23,8 @@ bench/gaze.py reads are left out) and the candidates prompting.gaze.propose_box 
 against softmax(Dice / T)) and gradient-boosted regression trees on each proposal's Dice, reports the
 Dice of the proposal each picks (and of their ensemble: both scores standardised per case, summed)
 per set with leave-one-set-out and 6-fold (by image) cross-validation next to the hand score and the
-oracle, and `--write` stores the model MODEL names for the kind, fitted on everything, into
+oracle (`--balance P` weighs a case of a set of n cases n^-P in both fits, 1 = every set the
+same; default per kind, BALANCE), and `--write` stores the model MODEL names for the kind, fitted on everything, into
 prompting/proposal_ranker.json. `--data` takes several collections (e.g. `collect --seed 0..3`:
 other clicks, strokes and readings of the same cases), kept in one fold per case.
 """
@@ -52,6 +54,9 @@ KINDS = {"click": CLICK_FEATURES, "stroke": STROKE_FEATURES, "gaze": GAZE_FEATUR
 TEMPERATURE = {"click": 0.05, "stroke": 0.05, "gaze": 0.2}
 # which model each kind's bundled ranker is (the fit prints both in the same cross-validation)
 MODEL = {"click": "ensemble", "stroke": "ensemble", "gaze": "ensemble"}
+# set weighting per kind (set_balance): clicks weigh every set the same, chosen by the mean over sets of
+# the cross-validated Dice (3 draws; 0 / 0.5 / 1: 0.565 / 0.573 / 0.589; docs/prompting.md)
+BALANCE = {"click": 1.0, "stroke": 0.0, "gaze": 0.0}
 MAX_OUTSIDE = 0.04  # the most unusual training case of any kind: 5 %; a synthetic disc's clicks: 9 %
 TREE_PARAMS = {"max_depth": 4, "max_iter": 300, "learning_rate": 0.03, "min_samples_leaf": 40}
 GAZE_SIGMAS = (0.5, 1.0)  # per-sample gaze error (deg) of the simulated readings, as bench/gaze.py
@@ -99,10 +104,10 @@ def deformed_training(seeds: tuple[int, ...], per_slice: int) -> list[Case]:
         s = deformed_subject(seed)
         t1, aal, brain = s.t1.voxels.astype(np.float32), s.aal.voxels, s.brain.voxels
         zs = np.nonzero(aal.reshape(aal.shape[0], -1).any(1))[0]
-        for k, z in enumerate(range(int(zs.min()) + 10 + 5 * seed, int(zs.max()) - 5, 25)):
+        for z in range(int(zs.min()) + 10 + 5 * seed, int(zs.max()) - 5, 25):
             g = f"deformed{seed}-z{z}"
             out += _aal_slice_cases(t1, aal, z, g, s.names, per_slice)
-            if k % 2 == 0 and (brain[z] > 0).sum() > 500:
+            if (brain[z] > 0).sum() > 500:
                 out.append(Case(t1[z], brain[z] > 0, f"brain@{g}", g))
     return out
 
@@ -181,6 +186,14 @@ def _kinds(text: str) -> list[str]:
 
 
 
+def target_set(case: Case, source: str) -> str:
+    """The set a case is stored under: whole-organ targets (the brain mask) form their own set,
+    whichever subject they come from; a click inside the brain asks which of two nested structures
+    is meant differently from one inside a parcel, and `fit --balance` can weigh each set the same
+    however few organ cases there are."""
+    return "organ" if case.name.startswith("brain@") else source
+
+
 def collect(args) -> None:
     from integrations.windowing import apply_window, default_window, window_bounds
     from models.cache import EmbeddingCache
@@ -203,20 +216,21 @@ def collect(args) -> None:
             img = images[c.group]
             emb = seg.embed(img)
             pts = [su.click(c.mask, rng)]  # drawn for every kind: the click/stroke draws stay reproducible
+            label = target_set(c, set_name)
             if "click" in kinds:
                 cands = click_candidates(seg, emb, img, pts, ClickConfig(ranker=None))
-                _store(rows["click"], click_features(cands, img, pts), CLICK_FEATURES, cands, c.mask, case_id, set_name)
+                _store(rows["click"], click_features(cands, img, pts), CLICK_FEATURES, cands, c.mask, case_id, label)
             fg = rasterize([Scribble(su.scribble(c.mask, rng), 3.0, True)], c.mask.shape)
             if "stroke" in kinds:
                 scands = stroke_candidates(seg, emb, fg, c.mask.shape, ScribbleConfig(ranker=None))
-                _store(rows["stroke"], stroke_features(scands, img, fg), STROKE_FEATURES, scands, c.mask, case_id, set_name)
+                _store(rows["stroke"], stroke_features(scands, img, fg), STROKE_FEATURES, scands, c.mask, case_id, label)
             if "gaze" in kinds and c.name not in gaze_bench:
                 for sigma in GAZE_SIGMAS:  # one reading each, its own case id (a listwise group)
                     got = gaze_reading(seg, emb, img, c.mask, sigma, args.seed * 100003 + 7000 + reading)
                     reading += 1
                     if got is not None:
                         table, gcands, masks = got
-                        _store(rows["gaze"], table, GAZE_FEATURES, gcands, c.mask, 100000 + reading, set_name, masks)
+                        _store(rows["gaze"], table, GAZE_FEATURES, gcands, c.mask, 100000 + reading, label, masks)
             case_id += 1
         print(f"{set_name}: {len(cases)} cases, {len(images)} images, {time.perf_counter() - t0:.0f} s so far", flush=True)
     out = {}
@@ -245,15 +259,19 @@ def _store(r, table, names, cands, truth, case_id, set_name, masks=None) -> None
 
 # -- fitting ---------------------------------------------------------------------------------------
 
-def fit_listwise(X: np.ndarray, d: np.ndarray, case: np.ndarray, temperature: float = 0.05, l2: float = 1.0):
-    """Linear weights w minimising sum over cases of cross-entropy(softmax(Dice / T), softmax(X w)) + l2 |w|^2
-    on standardised, clipped features; returns (mean, scale, w)."""
+def fit_listwise(X: np.ndarray, d: np.ndarray, case: np.ndarray, temperature: float = 0.05, l2: float = 1.0,
+                 weight: np.ndarray | None = None):
+    """Linear weights w minimising the (weighted) mean over cases of cross-entropy(softmax(Dice / T),
+    softmax(X w)) + l2 |w|^2 on standardised, clipped features; returns (mean, scale, w).
+    weight: per proposal, its case's weight (constant within a case; None = all 1)."""
     from scipy.optimize import minimize
 
     mean, scale = X.mean(0), X.std(0)
     scale = np.where(scale > 1e-9, scale, 1.0)
     Z = np.clip((X - mean) / scale, -6, 6)
     groups = [np.nonzero(case == c)[0] for c in np.unique(case)]
+    cw = np.array([1.0 if weight is None else float(weight[g[0]]) for g in groups])
+    cw = cw / cw.mean()
     targets = []
     for g in groups:
         t = np.exp((d[g] - d[g].max()) / temperature)
@@ -261,13 +279,13 @@ def fit_listwise(X: np.ndarray, d: np.ndarray, case: np.ndarray, temperature: fl
 
     def loss(w):
         total, grad = l2 * w @ w, 2 * l2 * w
-        for g, t in zip(groups, targets):
+        for g, t, c in zip(groups, targets, cw):
             s = Z[g] @ w
             s = s - s.max()
             q = np.exp(s)
             q /= q.sum()
-            total -= float(t @ np.log(q + 1e-12))
-            grad = grad + Z[g].T @ (q - t)
+            total -= c * float(t @ np.log(q + 1e-12))
+            grad = grad + c * (Z[g].T @ (q - t))
         return total / len(groups), grad / len(groups)
 
     res = minimize(loss, np.zeros(Z.shape[1]), jac=True, method="L-BFGS-B", options={"maxiter": 500})
@@ -288,12 +306,25 @@ def picked(score: np.ndarray, d: np.ndarray, case: np.ndarray) -> np.ndarray:
     return np.array([d[g][np.argmax(score[g])] for g in (np.nonzero(case == c)[0] for c in np.unique(case))])
 
 
-def fit_trees(X: np.ndarray, d: np.ndarray, seed: int = 0):
+def fit_trees(X: np.ndarray, d: np.ndarray, seed: int = 0, weight: np.ndarray | None = None):
     """Gradient-boosted regression trees predicting each proposal's Dice (sklearn, training only;
     prompting.proposal_ranker.TreeRanker evaluates them with numpy)."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    return HistGradientBoostingRegressor(**TREE_PARAMS, random_state=seed).fit(X, d)
+    return HistGradientBoostingRegressor(**TREE_PARAMS, random_state=seed).fit(X, d, sample_weight=weight)
+
+
+def set_balance(sets: np.ndarray, case: np.ndarray, power: float = 1.0) -> np.ndarray:
+    """Per-proposal weights: each case of a set with n cases weighs n^-power (mean 1 over cases).
+    power = 1 gives every set the same total weight: the ranker's prior over which of two nested
+    structures a click means should not follow how many cases of each kind the training data happens
+    to hold (16 whole organs per draw against ~125 parcels); 0 weighs every case the same."""
+    out = np.zeros(len(case))
+    for s in np.unique(sets):
+        m = sets == s
+        out[m] = len(np.unique(case[m])) ** -power
+    per_case = np.array([out[case == c][0] for c in np.unique(case)])
+    return out / per_case.mean()
 
 
 def feature_range(X: np.ndarray) -> dict:
@@ -369,12 +400,16 @@ def fit(args) -> None:
         model = args.model or MODEL[kind]
         X, d, hand, case, key, sets, names = load_collections(args.data.split(","), kind)
 
+        balance = args.balance if args.balance is not None else BALANCE[kind]
+        weight = set_balance(sets, case, balance) if balance else None
+
         def linear(tr, te):
-            mean, scale, w = fit_listwise(X[tr], d[tr], case[tr], temperature, args.l2)
+            mean, scale, w = fit_listwise(X[tr], d[tr], case[tr], temperature, args.l2,
+                                          None if weight is None else weight[tr])
             return np.clip((X[te] - mean) / scale, -6, 6) @ w
 
         def trees(tr, te):
-            return fit_trees(X[tr], d[tr]).predict(X[te])
+            return fit_trees(X[tr], d[tr], weight=None if weight is None else weight[tr]).predict(X[te])
 
         print(f"\n{kind} proposals: {len(np.unique(case))} cases, {len(d)} proposals; Dice of the picked proposal "
               f"('hand' = {'the vote' if kind == 'gaze' else 'the hand score'}; linear: listwise, T={temperature}, "
@@ -407,8 +442,9 @@ def fit(args) -> None:
                   f"{picked(cv['ensemble'][m], d[m], case[m]).mean():>9.3f}{picked(d[m], d[m], case[m]).mean():>8.3f}")
         trained_on = (f"bench/train_ranker.py: {len(np.unique(case))} "
                       f"{'simulated readings of cases disjoint from bench/gaze.py' if kind == 'gaze' else 'cases disjoint from bench/prompts.py'} "
-                      f"(sets {', '.join(str(s) for s in np.unique(sets))}); ")
-        mean, scale, w = fit_listwise(X, d, case, temperature, args.l2)
+                      f"(sets {', '.join(str(s) for s in np.unique(sets))}"
+                      f"{f', a case of a set of n cases weighed n^-{balance:g}' if balance else ''}); ")
+        mean, scale, w = fit_listwise(X, d, case, temperature, args.l2, weight)
         for n, v in sorted(zip(names, w), key=lambda t: -abs(t[1]))[:10]:
             print(f"   {n:<16}{v:+.3f}")
         lin_entry = {"features": names, "mean": [round(float(v), 6) for v in mean],
@@ -417,7 +453,7 @@ def fit(args) -> None:
         if model == "linear":
             out[kind] = lin_entry
             continue
-        fitted = fit_trees(X, d)
+        fitted = fit_trees(X, d, weight=weight)
         tree_entry = trees_to_json(fitted, names)
         tree_entry["range"] = feature_range(X)
         # the bundled evaluator must agree with sklearn's on the training table (after JSON rounding)
@@ -456,6 +492,8 @@ def main() -> None:
     f.add_argument("--temperature", type=float, default=None, help="Dice softmax temperature (default: per kind, TEMPERATURE)")
     f.add_argument("--l2", type=float, default=0.01)
     f.add_argument("--folds", type=int, default=6)
+    f.add_argument("--balance", type=float, default=None,
+                   help="weigh a case of a set of n cases n^-BALANCE (1: every set the same; default: per kind, BALANCE)")
     f.add_argument("--write", action="store_true", help="store the coefficients in prompting/proposal_ranker.json")
     args = ap.parse_args()
     collect(args) if args.cmd == "collect" else fit(args)

@@ -70,6 +70,11 @@ class ClickConfig:
     # equivalent radii): the user points at a part the result does not reach at all, e.g. a parcel was
     # found where the whole organ was meant; growing several-fold is then what was asked.
     far_click_radii: float | None = 1.0
+    # ...and for a negative click this deep inside the previous mask (interior distance over its
+    # largest): the user rejects the structure found (a hemisphere where a parcel was meant), so
+    # shrinking several-fold is what was asked, and the fresh proposal from all clicks is preferred
+    # to a trimmed box when it agrees with them better than the result did.
+    deep_negative: float | None = 0.5
     # A correction click this close to the shown mask's edge (slice px) moves that edge locally instead
     # of changing the box (`apply_click_edits`). A hand lands ~2 px from where it aims (DESIGN.md's
     # user), so a click on a 1-2 px sliver of error is as likely to fall on the wrong side of the edge;
@@ -215,6 +220,32 @@ def _depth_stats(mask: np.ndarray, points: Sequence[Point]) -> tuple[float, floa
     return float(np.mean(vals)), float(np.mean(gaps)), top
 
 
+def hull_gap(mask: np.ndarray, points: Sequence[Point]) -> float:
+    """Mean over positive points of the depth gap (largest interior distance - interior distance at
+    the point) in the mask's convex hull, relative to that largest distance (+ 1 px): 0 at the hull's
+    deepest point, ~1 on its edge or outside, 1 for an empty mask.
+
+    Why: a whole organ is seldom a convex blob on a slice (the brain's midline fissure and ventricles
+    cut deep notches into it), so a click at its middle can sit near the edge of the organ's own mask
+    while lying at the middle of its outline; a parcel containing the click has no such excuse."""
+    from skimage.morphology import convex_hull_image
+
+    pos = [p for p in points if p.positive]
+    box = _mask_box(mask)
+    if not pos or box is None:
+        return 1.0
+    x0, y0, x1, y1 = (int(v) for v in box)
+    hull = convex_hull_image(np.pad(mask[y0: y1 + 1, x0: x1 + 1], 1))
+    dt = ndi.distance_transform_edt(hull)
+    top = float(dt.max())
+    gaps = []
+    for p in pos:
+        yi, xi = int(round(p.y)) - y0 + 1, int(round(p.x)) - x0 + 1
+        d = float(dt[yi, xi]) if 0 <= yi < dt.shape[0] and 0 <= xi < dt.shape[1] else 0.0
+        gaps.append((top - d) / (top + 1.0))
+    return float(np.clip(np.mean(gaps), 0.0, 1.0))
+
+
 def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     u = int(np.logical_or(a, b).sum())
     return int(np.logical_and(a, b).sum()) / u if u else 0.0
@@ -349,7 +380,8 @@ def click_features(cands: Sequence[_Scored], image01: np.ndarray, points: Sequen
         f.update(points_ok=s.points_ok, depth_fit=s.depth_fit, centrality=s.centrality, neighbours=s.neighbours,
                  consistency=s.consistency, iou=s.iou, stability=s.stability,
                  log_area=math.log((s.area + 1.0) / (h * w)), refined=float(s.refined),
-                 click_dev=intensity_deviation(s.mask, ctx, pos), gap_rel=float(min(gap_rel, 1.0)))
+                 click_dev=intensity_deviation(s.mask, ctx, pos), gap_rel=float(min(gap_rel, 1.0)),
+                 hull_gap_rel=hull_gap(s.mask, points))
         rows.append(f)
     table = {k: np.array([r[k] for r in rows], np.float64) for k in rows[0]} if rows else {}
     table.update(set_features([s.mask for s in cands]))
@@ -485,9 +517,10 @@ def correct_with_click(segmenter, embedding, prompt: PromptSet, previous_logits:
                                 f"the edge moves there (box kept)")
     box_only = is_box_trained(segmenter)
     boxes = correction_boxes(prompt.box.as_array(), click, shape)
+    fresh = None
     if sum(p.positive for p in points) >= 1:
-        fresh = best_box_for_points(segmenter, embedding, None, points, replace(cfg, grow_tolerances=()))
-        boxes = _dedupe(boxes + [fresh.box])
+        fresh = best_box_for_points(segmenter, embedding, None, points, replace(cfg, grow_tolerances=())).box
+        boxes = _dedupe(boxes + [fresh])
     ccfg = replace(cfg, w_centrality=0.0, w_neighbours=0.0, w_gap=0.0, w_size=0.0)
     variants = score_boxes(segmenter, embedding, boxes, points, ccfg, extra=() if box_only else points,
                            mask_input=None if box_only else previous_logits)
@@ -502,20 +535,26 @@ def correct_with_click(segmenter, embedding, prompt: PromptSet, previous_logits:
     # ...and it must keep most of the previous mask: a box that agrees with the clicks by jumping to
     # another structure is not a correction (measured: such jumps took cases from 0.85 to 0.1 Dice).
     far = cfg.far_click_radii is not None and click.positive and _far_outside(prev, click, cfg.far_click_radii)
+    deep = cfg.deep_negative is not None and not click.positive and _relative_depth(prev, click) >= cfg.deep_negative
     better = [v for v in variants[1:] if v.points_ok > before + 1e-9
               and _nested_overlap(v.mask, prev) >= cfg.keep_overlap
-              and (far or _size_ratio(v.mask, prev) >= cfg.keep_size_ratio)]
+              and (far or deep or _size_ratio(v.mask, prev) >= cfg.keep_size_ratio)]
     kind = "positive" if click.positive else "negative"
     if not better:
         ps = replace(prompt, points=points, mask_input=None if box_only else previous_logits)
         return ps.with_note(f"{kind} correction at ({click.x:.0f}, {click.y:.0f}): no box change agreed with the clicks "
                             f"better than the current result; box kept, click recorded")
-    best = max(better, key=lambda v: cfg.w_points * v.points_ok + cfg.w_iou * v.iou + 2.0 * _mask_iou(v.mask, prev))
+    # a negative click deep inside rejects the result's structure: the clicks are read afresh (the
+    # fresh proposal) rather than the rejected mask trimmed
+    renewed = [v for v in better if deep and fresh is not None and np.allclose(v.box, fresh)]
+    best = renewed[0] if renewed else max(better, key=lambda v: cfg.w_points * v.points_ok + cfg.w_iou * v.iou
+                                          + 2.0 * _mask_iou(v.mask, prev))
     b = best.box
     ps = PromptSet(points=points, box=Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), prompt.box.source, prompt.box.confidence),
                    mask_input=None if box_only else previous_logits, label=prompt.label, notes=prompt.notes)
+    how = "; deep inside the result: all clicks read afresh" if renewed else ""
     return ps.with_note(f"{kind} correction at ({click.x:.0f}, {click.y:.0f}) -> box ({b[0]:.0f}, {b[1]:.0f}, {b[2]:.0f}, {b[3]:.0f}), "
-                        f"clicks agreeing {best.points_ok:.0%} (before {before:.0%})")
+                        f"clicks agreeing {best.points_ok:.0%} (before {before:.0%}){how}")
 
 
 def edge_click_depth(mask: np.ndarray, click: Point, limit: int = 16) -> float:
@@ -600,6 +639,17 @@ def _far_outside(mask: np.ndarray, click: Point, radii: float) -> bool:
     ys, xs = np.nonzero(mask)
     d = float(np.sqrt(((xs - x) ** 2 + (ys - y) ** 2).min()))
     return d > radii * math.sqrt(n / math.pi)
+
+
+def _relative_depth(mask: np.ndarray, click: Point) -> float:
+    """The interior distance at `click` over the mask's largest one: 1 at its deepest point, 0 on its
+    edge or outside."""
+    h, w = mask.shape
+    x, y = int(np.clip(round(click.x), 0, w - 1)), int(np.clip(round(click.y), 0, h - 1))
+    if not mask[y, x]:
+        return 0.0
+    dt = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    return float(dt[y, x] / dt.max())
 
 
 def _size_ratio(a: np.ndarray, b: np.ndarray) -> float:

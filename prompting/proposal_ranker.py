@@ -32,7 +32,7 @@ IMAGE_FEATURES = ("contrast", "abs_contrast", "sd_in", "edge", "edge_ratio", "co
                   "touches_image", "cut_by_box")
 SET_FEATURES = ("support", "support_mean", "size_rank", "log_area_rel")
 CLICK_FEATURES = ("points_ok", "depth_fit", "centrality", "neighbours", "consistency", "iou", "stability",
-                  "log_area", "refined", "click_dev", "gap_rel") + IMAGE_FEATURES + SET_FEATURES
+                  "log_area", "refined", "click_dev", "gap_rel", "hull_gap_rel") + IMAGE_FEATURES + SET_FEATURES
 STROKE_FEATURES = ("inside", "all_inside", "medial", "depth", "extent", "consistency", "iou", "stability",
                    "log_area", "refined", "neighbours", "stroke_dev") + IMAGE_FEATURES + SET_FEATURES
 

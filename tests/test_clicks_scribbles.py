@@ -287,6 +287,27 @@ def test_stroke_fit_prefers_the_structure_the_stroke_runs_along():
     assert stroke_fit(bar, stroke, cfg) > stroke_fit(part, stroke, cfg)
 
 
+def _notched_disc() -> np.ndarray:
+    """A disc with a deep slit from its left edge to just past its centre (a brain's midline fissure)."""
+    yy, xx = np.mgrid[:120, :120]
+    disc = (yy - 60) ** 2 + (xx - 60) ** 2 <= 45 ** 2
+    disc[57:64, :66] = False
+    return disc
+
+
+def test_hull_gap_sees_a_click_at_the_middle_of_a_notched_outline():
+    from prompting.clicks import _depth_stats, hull_gap
+
+    disc = _notched_disc()
+    middle = [Point(62.0, 60.0, True)]  # in the slit's end: near the mask's edge, at the outline's middle
+    _, gap, top = _depth_stats(disc, middle)
+    assert gap == top > 15  # by the mask's own depth, a click on its edge
+    assert hull_gap(disc, middle) < 0.1
+    assert hull_gap(disc, [Point(60.0, 100.0, True)]) > 0.8  # near the outline's edge
+    assert hull_gap(disc, [Point(5.0, 5.0, True)]) > 0.95  # outside the outline
+    assert hull_gap(np.zeros_like(disc), middle) == 1.0
+
+
 # -- learned proposal ranker (prompting/proposal_ranker.py) ----------------------------------------
 
 def test_bundled_rankers_load_and_match_the_feature_lists():
@@ -459,3 +480,33 @@ def test_a_positive_click_far_outside_the_result_may_grow_it_several_fold(segmen
     kept = correct_with_click(segmenter, emb, start, first.low_res_logits, far, previous_mask=first.mask,
                               cfg=replace(ClickConfig(), far_click_radii=None))
     assert kept.box == start.box and "box kept" in kept.notes[-1]
+
+
+def test_a_negative_click_deep_inside_the_result_rejects_it_for_a_fresh_reading(segmenter):
+    """The result is the square (the organ) where the disc (a part of it) was meant; the user clicks
+    deep inside the square, away from the disc: the correction reads all clicks afresh (the proposal
+    a new click would get) instead of trimming the square, and may shrink it several-fold."""
+    from dataclasses import replace
+
+    from prompting.clicks import ClickConfig, best_box_for_points
+
+    img, disc, square = _disc_in_square()
+    emb = segmenter.embed(img)
+    # an earlier negative click below the disc already says the lower square is not meant
+    start = PromptSet(points=(Point(80.0, 80.0), Point(80.0, 150.0, positive=False)),
+                      box=Box(30, 30, 190, 190, PromptSource.CLICK))
+    first = segmenter.decode(emb, start)
+    assert dice(first.mask, square) > 0.8, "premise: the first result is the square"
+    deep = Point(140.0, 90.0, positive=False)  # ~0.6 of the way from the square's edge to its middle
+    fixed = correct_with_click(segmenter, emb, start, first.low_res_logits, deep, previous_mask=first.mask)
+    assert "read afresh" in fixed.notes[-1], fixed.notes[-1]
+    fresh = best_box_for_points(segmenter, emb, None, start.points + (deep,), replace(ClickConfig(), grow_tolerances=()))
+    assert np.allclose(fixed.box.as_array(), fresh.box)
+    m = segmenter.decode(emb, fixed).mask
+    assert m[80, 80] and not m[90, 140] and not m[150, 80]
+    assert m.sum() < 0.4 * first.mask.sum()  # more than the size check allows
+    # the rule off: the size check refuses the fresh reading (a trimmed box is chosen, or none)
+    old = correct_with_click(segmenter, emb, start, first.low_res_logits, deep, previous_mask=first.mask,
+                             cfg=replace(ClickConfig(), deep_negative=None))
+    assert "read afresh" not in old.notes[-1]
+    assert not np.allclose(old.box.as_array(), fresh.box)
