@@ -546,7 +546,7 @@ def correct_with_click(segmenter, embedding, prompt: PromptSet, previous_logits:
                             f"better than the current result; box kept, click recorded")
     # a negative click deep inside rejects the result's structure: the clicks are read afresh (the
     # fresh proposal) rather than the rejected mask trimmed
-    renewed = [v for v in better if deep and fresh is not None and np.allclose(v.box, fresh)]
+    renewed = [v for v in better if deep and fresh is not None and np.array_equal(np.round(v.box), np.round(fresh))]
     best = renewed[0] if renewed else max(better, key=lambda v: cfg.w_points * v.points_ok + cfg.w_iou * v.iou
                                           + 2.0 * _mask_iou(v.mask, prev))
     b = best.box
