@@ -157,7 +157,8 @@ def run_prompt(ws: Workstation, segmenter, prompt: PromptSet, label: str = "", n
 def sharpen(ws: Workstation, segmenter) -> tuple[SliceResult | None, str]:
     """The active object's mask on this slice decoded again on a zoomed re-encode of a crop around
     its box (models/zoom.py: the one-shot path's step, +0.11 Dice on Colin27's AAL regions), kept
-    only when the decoder rates it clearly better (ZOOM_IOU_MARGIN), as the one-shot path does.
+    only when the decoder rates it clearly better (ZOOM_IOU_MARGIN), as the one-shot path does. A result
+    of foreground strokes alone first has its strokes read again on that crop (`_sharpen_strokes`).
     Returns (the stored result or None when the current one was kept, what happened)."""
     from models.zoom import ZOOM_IOU_MARGIN, ZoomPolicy, to_slice_frame, zoom_crop
     from prompting.clicks import decoder_prompt
@@ -167,6 +168,11 @@ def sharpen(ws: Workstation, segmenter) -> tuple[SliceResult | None, str]:
         raise InvalidPromptError("nothing to sharpen on this slice: segment the structure first (box, click or scribble).")
     session = slice_session(ws)
     shape = session.image01.shape[:2]
+    strokes = tuple(previous.strokes)
+    if strokes and all(s.positive for s in strokes) and previous.prompt.box.source == PromptSource.SCRIBBLE:
+        reread = _sharpen_strokes(ws, segmenter, previous, session.image01, strokes)
+        if reread is not None:
+            return reread
     prompt = decoder_prompt(segmenter, previous.prompt)
     policy = ZoomPolicy()
     box = prompt.clipped(shape).box
@@ -186,7 +192,6 @@ def sharpen(ws: Workstation, segmenter) -> tuple[SliceResult | None, str]:
         add_uncertainty(segmenter, emb, crop.prompt, seg)
     seg = to_slice_frame(segmenter, seg, crop, shape)
     seg.notes = list(previous.notes) + seg.notes[-1:]
-    strokes = tuple(previous.strokes)
     drop_background_strokes(seg, strokes, shape)
     honour_edge_clicks(seg, previous.prompt)
     obj = ws.active_object
@@ -194,6 +199,29 @@ def sharpen(ws: Workstation, segmenter) -> tuple[SliceResult | None, str]:
                                 inputs=previous.inputs, fusion=previous.fusion)
     return result, (f"sharpened: re-encoded a {crop.window[2] - crop.window[0]} x {crop.window[3] - crop.window[1]} px "
                     f"crop; predicted IoU {previous.predicted_iou:.2f} -> {seg.predicted_iou:.2f}.")
+
+
+def _sharpen_strokes(ws: Workstation, segmenter, previous: SliceResult, image01, strokes: tuple) -> tuple[SliceResult, str] | None:
+    """Sharpen for a result of foreground strokes alone: the strokes read again on the zoomed crop
+    (models.scribble_zoom, the one-shot path bench/prompts.py measures), the learned ranker choosing
+    among whole-slice and crop proposals. None when a whole-slice proposal wins: the box's gated zoom
+    then decides, as for any other result."""
+    from models.scribble_zoom import sharpen_scribbles
+    from models.zoom import ZoomPolicy
+
+    res = sharpen_scribbles(segmenter, image01, strokes, previous.prompt, policy=ZoomPolicy(),
+                            uncertainty=ws.show_uncertainty)
+    if not res.zoomed:
+        return None
+    seg = res.segmentation
+    seg.notes = list(previous.notes) + seg.notes[-2:]
+    honour_edge_clicks(seg, res.prompt)
+    obj = ws.active_object
+    result = store_segmentation(ws, seg, res.prompt, label=obj.label if obj is not None else "", strokes=strokes,
+                                inputs=previous.inputs, fusion=previous.fusion)
+    x0, y0, x1, y1 = seg.zoom
+    return result, (f"sharpened: the strokes read again on a {x1 - x0} x {y1 - y0} px crop; a crop proposal kept "
+                    f"(predicted IoU {previous.predicted_iou:.2f} -> {seg.predicted_iou:.2f}).")
 
 
 def propagation_seeds(ws: Workstation, segmenter) -> dict[int, PromptSet]:

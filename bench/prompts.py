@@ -9,11 +9,13 @@ Modes (same cases, same embeddings, same run):
   box_j          each edge jittered by U(-10 %, +10 %)
   click1         one click (deepest interior point + N(0, 2 px)) -> box proposals (prompting/clicks)
   click3         click1 + 2 corrections, each at the largest error region (positive/negative)
-  scribble       one foreground stroke (skeleton of the eroded mask) -> prompting/scribbles
+  scribble       one foreground stroke (the longest path through the eroded mask's skeleton) -> prompting/scribbles
   box_negscribble  tight box + one background stroke near the border outside the target
 Every mode ends in the SAME decode path, the product's one-shot path (`models.zoom.segment_adaptive`,
 what `app.pipeline.segment_best` runs): whole-slice decode, then a zoomed re-encode around a small box,
-kept when the decoder rates it clearly better. What reaches the decoder is
+kept when the decoder rates it clearly better; for the foreground stroke, as the app's Sharpen does,
+`models.scribble_zoom.sharpen_scribbles` first reads the stroke again on that crop and lets the learned
+ranker choose among whole-slice and crop proposals. What reaches the decoder is
 `prompting.clicks.decoder_prompt` (box only for box-trained backends such as LiteMedSAM). `--no-zoom`
 measures the interactive whole-slice path instead.
 Uncertainty: models/uncertainty on the tight box (whole slice, K = 12 jittered boxes + multimask outputs); Spearman(score, 1 - Dice of that
@@ -44,6 +46,7 @@ from integrations.windowing import apply_window, default_window, get_window, win
 from models.cache import EmbeddingCache  # noqa: E402
 from models.registry import build_segmenter  # noqa: E402
 from models.uncertainty import UncertaintyConfig, segment_with_uncertainty  # noqa: E402
+from models.scribble_zoom import sharpen_scribbles  # noqa: E402
 from models.zoom import ZoomPolicy, segment_adaptive  # noqa: E402
 from prompting.clicks import ClickConfig, apply_click_edits, correct_with_click, decoder_prompt, propose_from_points  # noqa: E402
 from prompting.promptset import PromptSet  # noqa: E402
@@ -76,6 +79,15 @@ def one_shot(seg, img, prompt: PromptSet, zoom: ZoomPolicy | None):
     return r
 
 
+def one_shot_scribble(seg, img, strokes, prompt: PromptSet, zoom: ZoomPolicy | None):
+    """The one-shot path of foreground strokes (models.scribble_zoom.sharpen_scribbles, what the app's
+    Sharpen runs on a stroke result): for a small structure the strokes read again on a zoomed crop, the
+    learned ranker choosing among whole-slice and crop proposals; then the edge edits, as `one_shot`."""
+    r = sharpen_scribbles(seg, img, strokes, prompt, policy=zoom).segmentation
+    r.mask = apply_click_edits(r.mask, prompt.points)
+    return r
+
+
 def run_case(seg, emb, img, mask, rng, zoom: ZoomPolicy | None, n_clicks: int = 3,
              hand: bool = False) -> tuple[dict[str, float], float]:
     out = {}
@@ -102,7 +114,7 @@ def run_case(seg, emb, img, mask, rng, zoom: ZoomPolicy | None, n_clicks: int = 
     out["click3"] = dice(r.mask, mask)
 
     fg = Scribble(su.scribble(mask, rng), width=3.0, positive=True)
-    out["scribble"] = dice(one_shot(seg, img, propose_from_scribbles(seg, emb, [fg], image01=img), zoom).mask, mask)
+    out["scribble"] = dice(one_shot_scribble(seg, img, [fg], propose_from_scribbles(seg, emb, [fg], image01=img), zoom).mask, mask)
     if hand:
         out["scribble_hand"] = dice(one_shot(seg, img, propose_from_scribbles(seg, emb, [fg], cfg=HAND_STROKE), zoom).mask, mask)
 

@@ -4,7 +4,7 @@
 - click: the interior point farthest from the border (distance transform) plus N(0, 2 px);
 - correction click: at the largest error region (missed -> positive, spurious -> negative), at the
   point of that region farthest from its border;
-- scribble: the skeleton of the eroded mask as a polyline; background scribble: a stroke outside
+- scribble: the skeleton of the eroded mask as a polyline (its longest path: one stroke end to end); background scribble: a stroke outside
   the mask, near its border (a ring a few pixels out).
 All functions take a `numpy.random.Generator` so a benchmark run is reproducible.
 """
@@ -87,30 +87,51 @@ def correction_click(mask: np.ndarray, predicted: np.ndarray, rng: np.random.Gen
     return Point(nx, ny, positive, PromptSource.CLICK)
 
 
-def _order_polyline(pixels: np.ndarray) -> np.ndarray:
-    """Skeleton pixels (N, 2) as (x, y) -> one polyline: greedy nearest neighbour from an end."""
-    pts = pixels.astype(np.float32)
-    if len(pts) <= 2:
-        return pts
-    # start from the pixel farthest from the centroid: an end of the skeleton
-    start = int(np.argmax(((pts - pts.mean(0)) ** 2).sum(1)))
-    order = [start]
-    left = np.ones(len(pts), bool)
-    left[start] = False
-    for _ in range(len(pts) - 1):
-        d = ((pts - pts[order[-1]]) ** 2).sum(1)
-        d[~left] = np.inf
-        j = int(np.argmin(d))
-        if d[j] > 9.0:  # a jump: the rest is another branch, a stroke does not teleport
-            break
-        order.append(j)
-        left[j] = False
-    return pts[order]
+def _longest_stroke(skeleton: np.ndarray) -> np.ndarray:
+    """The longest path through a skeleton (its largest 8-connected piece) as an (N, 2) polyline (x, y).
+
+    A user scribbling along a structure draws one continuous stroke from one end of it to the other.
+    Walking the skeleton greedily from an end stops at the first fork's dead end, which on a branched
+    skeleton (the brain's, around the ventricles) was a twig 19 pixels long on a brain 125 pixels wide. The
+    geodesic diameter (two Dijkstra sweeps; exact on a tree, near it on a skeleton with loops) is the
+    stroke that runs the structure's length."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components, dijkstra
+
+    ys, xs = np.nonzero(skeleton)
+    n = len(xs)
+    if n <= 2:
+        return np.stack([xs, ys], 1).astype(np.float32)
+    index = np.full(skeleton.shape, -1, np.int64)
+    index[ys, xs] = np.arange(n)
+    h, w = skeleton.shape
+    rows, cols, lengths = [], [], []
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):  # each 8-neighbour pair once
+        y2, x2 = ys + dy, xs + dx
+        ok = (y2 < h) & (x2 >= 0) & (x2 < w)
+        ok[ok] = index[y2[ok], x2[ok]] >= 0
+        a, b = np.flatnonzero(ok), index[y2[ok], x2[ok]]
+        rows.append(a)
+        cols.append(b)
+        lengths.append(np.full(len(a), float(np.hypot(dy, dx))))
+    graph = coo_matrix((np.concatenate(lengths), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)).tocsr()
+    _, piece = connected_components(graph, directed=False)
+    start = int(np.flatnonzero(piece == np.bincount(piece).argmax())[0])
+    dist = dijkstra(graph, directed=False, indices=start)
+    end_a = int(np.argmax(np.where(np.isfinite(dist), dist, -1.0)))
+    dist, pred = dijkstra(graph, directed=False, indices=end_a, return_predecessors=True)
+    node = int(np.argmax(np.where(np.isfinite(dist), dist, -1.0)))
+    path = [node]
+    while node != end_a:
+        node = int(pred[node])
+        path.append(node)
+    return np.stack([xs[path], ys[path]], 1).astype(np.float32)
 
 
 def scribble(mask: np.ndarray, rng: np.random.Generator, erosion_frac: float = 0.2, max_points: int = 64,
              sigma: float = 1.0) -> np.ndarray:
-    """Foreground stroke: the skeleton of the eroded mask as an (N, 2) float polyline (x, y), with hand noise."""
+    """Foreground stroke: the longest path through the skeleton of the eroded mask, as an (N, 2) float
+    polyline (x, y), with hand noise."""
     from skimage.morphology import skeletonize
 
     mask = np.asarray(mask, bool)
@@ -121,8 +142,7 @@ def scribble(mask: np.ndarray, rng: np.random.Generator, erosion_frac: float = 0
     sk = skeletonize(eroded)
     if not sk.any():
         sk = eroded
-    ys, xs = np.nonzero(sk)
-    line = _order_polyline(np.stack([xs, ys], 1))
+    line = _longest_stroke(sk)
     if len(line) > max_points:
         line = line[np.linspace(0, len(line) - 1, max_points).round().astype(int)]
     h, w = mask.shape
