@@ -27,9 +27,10 @@ oracle (`--balance P` weighs a case of a set of n cases n^-P in both fits, 1 = e
 same; default per kind, BALANCE), and `--write` stores the model MODEL names for the kind, fitted on everything, into
 prompting/proposal_ranker.json. `--data` takes several collections (e.g. `collect --seed 0..3`:
 other clicks, strokes and readings of the same cases), kept in one fold per case.
-The bundled click ranker comes from this collection (2026-12-03, seeds 0/1/2); the bundled stroke and
-gaze rankers from collections made before it, when only every other deformed slice gave a brain case
-and brain cases were stored under their subject's set (582 stroke cases; the gaze readings of stop 20).
+The bundled click and stroke rankers come from this collection (2026-12-03, seeds 0/1/2; the strokes
+since bench/simulated_users.scribble runs the skeleton's longest path); the bundled gaze ranker from a
+collection made before it, when only every other deformed slice gave a brain case and brain cases
+were stored under their subject's set (the gaze readings of stop 20).
 """
 from __future__ import annotations
 
