@@ -158,7 +158,7 @@ def sharpen(ws: Workstation, segmenter) -> tuple[SliceResult | None, str]:
     """The active object's mask on this slice decoded again on a zoomed re-encode of a crop around
     its box (models/zoom.py: the one-shot path's step, +0.11 Dice on Colin27's AAL regions), kept
     only when the decoder rates it clearly better (ZOOM_IOU_MARGIN), as the one-shot path does. A result
-    of foreground strokes alone first has its strokes read again on that crop (`_sharpen_strokes`).
+    of one click or of foreground strokes alone first has them read again on that crop (`_reread_on_crop`).
     Returns (the stored result or None when the current one was kept, what happened)."""
     from models.zoom import ZOOM_IOU_MARGIN, ZoomPolicy, to_slice_frame, zoom_crop
     from prompting.clicks import decoder_prompt
@@ -169,10 +169,9 @@ def sharpen(ws: Workstation, segmenter) -> tuple[SliceResult | None, str]:
     session = slice_session(ws)
     shape = session.image01.shape[:2]
     strokes = tuple(previous.strokes)
-    if strokes and all(s.positive for s in strokes) and previous.prompt.box.source == PromptSource.SCRIBBLE:
-        reread = _sharpen_strokes(ws, segmenter, previous, session.image01, strokes)
-        if reread is not None:
-            return reread
+    reread = _reread_on_crop(ws, segmenter, previous, session.image01, strokes)
+    if reread is not None:
+        return reread
     prompt = decoder_prompt(segmenter, previous.prompt)
     policy = ZoomPolicy()
     box = prompt.clipped(shape).box
@@ -201,16 +200,24 @@ def sharpen(ws: Workstation, segmenter) -> tuple[SliceResult | None, str]:
                     f"crop; predicted IoU {previous.predicted_iou:.2f} -> {seg.predicted_iou:.2f}.")
 
 
-def _sharpen_strokes(ws: Workstation, segmenter, previous: SliceResult, image01, strokes: tuple) -> tuple[SliceResult, str] | None:
-    """Sharpen for a result of foreground strokes alone: the strokes read again on the zoomed crop
-    (models.scribble_zoom, the one-shot path bench/prompts.py measures), the learned ranker choosing
-    among whole-slice and crop proposals. None when a whole-slice proposal wins: the box's gated zoom
-    then decides, as for any other result."""
-    from models.scribble_zoom import sharpen_scribbles
+def _reread_on_crop(ws: Workstation, segmenter, previous: SliceResult, image01, strokes: tuple) -> tuple[SliceResult, str] | None:
+    """Sharpen for a result of one click or of foreground strokes alone: they are read again on the
+    zoomed crop (models.reading_zoom, the one-shot path bench/prompts.py measures), the learned ranker
+    choosing among whole-slice and crop proposals. None when that does not apply or a whole-slice
+    proposal wins: the box's gated zoom then decides, as for any other result."""
+    from models.reading_zoom import sharpen_clicks, sharpen_scribbles
     from models.zoom import ZoomPolicy
 
-    res = sharpen_scribbles(segmenter, image01, strokes, previous.prompt, policy=ZoomPolicy(),
-                            uncertainty=ws.show_uncertainty)
+    prompt, source = previous.prompt, previous.prompt.box.source
+    if strokes and all(s.positive for s in strokes) and source == PromptSource.SCRIBBLE:
+        res, what = sharpen_scribbles(segmenter, image01, strokes, prompt, policy=ZoomPolicy(),
+                                      uncertainty=ws.show_uncertainty), "strokes"
+    elif (not strokes and source == PromptSource.CLICK and len(prompt.points) == 1 and prompt.points[0].positive
+          and prompt.points[0].source == PromptSource.CLICK):  # corrected results: measured no gain (docs/prompting.md)
+        res, what = sharpen_clicks(segmenter, image01, prompt.points, prompt, policy=ZoomPolicy(),
+                                   uncertainty=ws.show_uncertainty), "clicks"
+    else:
+        return None
     if not res.zoomed:
         return None
     seg = res.segmentation
@@ -220,7 +227,7 @@ def _sharpen_strokes(ws: Workstation, segmenter, previous: SliceResult, image01,
     result = store_segmentation(ws, seg, res.prompt, label=obj.label if obj is not None else "", strokes=strokes,
                                 inputs=previous.inputs, fusion=previous.fusion)
     x0, y0, x1, y1 = seg.zoom
-    return result, (f"sharpened: the strokes read again on a {x1 - x0} x {y1 - y0} px crop; a crop proposal kept "
+    return result, (f"sharpened: the {what} read again on a {x1 - x0} x {y1 - y0} px crop; a crop proposal kept "
                     f"(predicted IoU {previous.predicted_iou:.2f} -> {seg.predicted_iou:.2f}).")
 
 

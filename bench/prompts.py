@@ -13,9 +13,10 @@ Modes (same cases, same embeddings, same run):
   box_negscribble  tight box + one background stroke near the border outside the target
 Every mode ends in the SAME decode path, the product's one-shot path (`models.zoom.segment_adaptive`,
 what `app.pipeline.segment_best` runs): whole-slice decode, then a zoomed re-encode around a small box,
-kept when the decoder rates it clearly better; for the foreground stroke, as the app's Sharpen does,
-`models.scribble_zoom.sharpen_scribbles` first reads the stroke again on that crop and lets the learned
-ranker choose among whole-slice and crop proposals. What reaches the decoder is
+kept when the decoder rates it clearly better; for the one click and the foreground stroke, as the
+app's Sharpen does, `models.reading_zoom` first reads them again on that crop and lets the learned
+ranker choose among whole-slice and crop proposals (click3's corrections start from the whole-slice
+result the user sees, and its result takes the gated zoom). What reaches the decoder is
 `prompting.clicks.decoder_prompt` (box only for box-trained backends such as LiteMedSAM). `--no-zoom`
 measures the interactive whole-slice path instead.
 Uncertainty: models/uncertainty on the tight box (whole slice, K = 12 jittered boxes + multimask outputs); Spearman(score, 1 - Dice of that
@@ -46,7 +47,7 @@ from integrations.windowing import apply_window, default_window, get_window, win
 from models.cache import EmbeddingCache  # noqa: E402
 from models.registry import build_segmenter  # noqa: E402
 from models.uncertainty import UncertaintyConfig, segment_with_uncertainty  # noqa: E402
-from models.scribble_zoom import sharpen_scribbles  # noqa: E402
+from models.reading_zoom import sharpen_clicks, sharpen_scribbles  # noqa: E402
 from models.zoom import ZoomPolicy, segment_adaptive  # noqa: E402
 from prompting.clicks import ClickConfig, apply_click_edits, correct_with_click, decoder_prompt, propose_from_points  # noqa: E402
 from prompting.promptset import PromptSet  # noqa: E402
@@ -80,10 +81,19 @@ def one_shot(seg, img, prompt: PromptSet, zoom: ZoomPolicy | None):
 
 
 def one_shot_scribble(seg, img, strokes, prompt: PromptSet, zoom: ZoomPolicy | None):
-    """The one-shot path of foreground strokes (models.scribble_zoom.sharpen_scribbles, what the app's
+    """The one-shot path of foreground strokes (models.reading_zoom.sharpen_scribbles, what the app's
     Sharpen runs on a stroke result): for a small structure the strokes read again on a zoomed crop, the
     learned ranker choosing among whole-slice and crop proposals; then the edge edits, as `one_shot`."""
     r = sharpen_scribbles(seg, img, strokes, prompt, policy=zoom).segmentation
+    r.mask = apply_click_edits(r.mask, prompt.points)
+    return r
+
+
+def one_shot_clicks(seg, img, clicks, prompt: PromptSet, zoom: ZoomPolicy | None):
+    """The one-shot path of clicks (models.reading_zoom.sharpen_clicks, what the app's Sharpen runs on a
+    click result): every click read again on the whole slice and on a zoomed crop, the learned ranker
+    choosing; then the edge edits, as `one_shot`."""
+    r = sharpen_clicks(seg, img, clicks, prompt, policy=zoom).segmentation
     r.mask = apply_click_edits(r.mask, prompt.points)
     return r
 
@@ -101,8 +111,8 @@ def run_case(seg, emb, img, mask, rng, zoom: ZoomPolicy | None, n_clicks: int = 
 
     first_click = su.click(mask, rng)
     ps = propose_from_points(seg, emb, img, [first_click])
-    r = one_shot(seg, img, ps, zoom)
-    out["click1"] = dice(r.mask, mask)
+    r = one_shot(seg, img, ps, zoom)  # what the user sees and corrects (the corrections below start here)
+    out["click1"] = dice(one_shot_clicks(seg, img, [first_click], ps, zoom).mask, mask)
     if hand:  # the same click ranked by the hand score (the baseline the learned ranker replaced)
         out["click1_hand"] = dice(one_shot(seg, img, propose_from_points(seg, emb, img, [first_click], HAND_CLICK), zoom).mask, mask)
     for _ in range(n_clicks - 1):

@@ -791,7 +791,7 @@ def test_sharpen_replaces_a_small_mask_by_the_zoomed_decode_and_undo_reverts_it(
 
 
 def test_sharpen_reads_a_stroke_again_on_the_zoomed_crop(segmenter):
-    """Sharpen on a result of one foreground stroke (models.scribble_zoom): the stroke is read again on
+    """Sharpen on a result of one foreground stroke (models.reading_zoom): the stroke is read again on
     the crop and a crop proposal, the better mask here, replaces the result; undo brings the first back."""
     from app import actions
     from app.prompts import DrawnPrompt
@@ -810,6 +810,29 @@ def test_sharpen_reads_a_stroke_again_on_the_zoomed_crop(segmenter):
     dice = lambda m: 2 * (m & truth).sum() / (m.sum() + truth.sum())  # noqa: E731
     assert dice(r.mask) > dice(first.mask) + 0.05  # measured 0.66 -> 0.80
     assert r.strokes == first.strokes and r.prompt.box.source.value == "scribble"
+    assert any("zoomed reading" in n for n in r.notes) and r.low_res_logits.shape == (1, 256, 256)
+    undo(ws)
+    assert np.array_equal(ws.active_object.result(ws.slice_index).mask, first.mask)
+
+
+def test_sharpen_reads_clicks_again_on_the_zoomed_crop(segmenter):
+    """Sharpen on a result of one click (models.reading_zoom.sharpen_clicks): the click is read again on
+    the whole slice and the crop; a crop proposal won here and replaced the result (undo reverts it)."""
+    from app import actions
+    from app.prompts import DrawnPrompt
+    from app.state import Workstation, open_study, undo
+    from app.views.study import DEMO, load_study
+    from bench import simulated_users as su
+    from integrations.loaders import load_volume
+
+    ws = Workstation()
+    open_study(ws, load_study(DEMO, "demo", "demo"))
+    truth = load_volume(ROOT / "app" / "demo" / "colin27_demo_aal.nii.gz").voxels[ws.slice_index] == 29
+    c = su.click(truth, np.random.default_rng(0))
+    first = actions.apply_drawn(ws, segmenter, DrawnPrompt("click", True, ((round(c.x), round(c.y)),)))
+    r, what = actions.sharpen(ws, segmenter)
+    assert r is not None and "clicks read again" in what, what
+    assert r.prompt.points == first.prompt.points and r.prompt.box.source.value == "click"
     assert any("zoomed reading" in n for n in r.notes) and r.low_res_logits.shape == (1, 256, 256)
     undo(ws)
     assert np.array_equal(ws.active_object.result(ws.slice_index).mask, first.mask)

@@ -1,10 +1,10 @@
-"""The one-shot scribble path (models/scribble_zoom.py): the strokes read again on a zoomed crop, real weights."""
+"""The one-shot path of strokes and clicks (models/reading_zoom.py): read again on a zoomed crop, real weights."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from models.scribble_zoom import sharpen_scribbles
+from models.reading_zoom import sharpen_clicks, sharpen_scribbles
 from prompting.scribbles import Scribble, ScribbleConfig, propose_from_scribbles
 
 
@@ -83,3 +83,23 @@ def test_without_the_learned_choice_zoom_or_with_a_background_stroke_the_whole_s
     big_prompt = propose_from_scribbles(segmenter, segmenter.embed(big_image), [big_stroke], image01=big_image)
     big = sharpen_scribbles(segmenter, big_image, [big_stroke], big_prompt)
     assert big.candidates == 0 and not big.zoomed and _dice(big.segmentation.mask, big_mask) > 0.85
+
+
+def test_clicks_are_read_again_on_the_crop_with_the_whole_slice_in_the_choice(segmenter, small_structure):
+    from prompting.clicks import ClickConfig, propose_from_points
+    from prompting.promptset import Point, PromptSource
+
+    image, mask, _ = small_structure
+    click = Point(90.0, 150.0, True, PromptSource.CLICK)
+    prompt = propose_from_points(segmenter, segmenter.embed(image), image, [click])
+    a = sharpen_clicks(segmenter, image, [click], prompt)
+    b = sharpen_clicks(segmenter, image, [click], prompt)
+    assert np.array_equal(a.segmentation.mask, b.segmentation.mask) and a.prompt.box == b.prompt.box
+    # the choice saw the whole slice's proposals and the crop's (each ~30 boxes + their refinements)
+    assert a.candidates > 60 and a.segmentation.mask.shape == mask.shape
+    assert a.prompt.points == (click,) and a.prompt.box.source == PromptSource.CLICK
+    assert any("zoomed reading" in n for n in a.notes + a.segmentation.notes + list(a.prompt.notes))
+    # no learned choice, or no zoom: the whole-slice path, nothing re-read
+    for kw in ({"policy": None}, {"config": ClickConfig(ranker=None)}):
+        same = sharpen_clicks(segmenter, image, [click], prompt, **kw)
+        assert same.candidates == 0 and not same.zoomed and same.prompt == prompt
