@@ -7,7 +7,7 @@ DISJOINT from bench/prompts.py's and bench/gaze.py's.
 Training cases (never the benchmark's):
   colin27   AAL regions on Colin27 axial slices 10 mm away from every slice bench/prompts.py uses
             (the bench takes z = first + 5 + 20 k; these are z = first + 15 + 20 k);
-  deformed  AAL regions of deformed Colin27 subjects (bench/deform.py, seeds 1, 2);
+  deformed  AAL regions of deformed Colin27 subjects (bench/deform.py, seeds 1, 2; `collect --deformed-seeds`);
   organ     whole-organ targets: the brain mask on Colin27 z = 50, 70, ..., 130 (the bench: 40, 60,
             ..., 140) and on every deformed slice above (`target_set`);
   nuclei    stardist's 2D image, the nuclei that neither benchmark subset (offset 0 / 0.5, 10 cases)
@@ -141,9 +141,14 @@ def nuclei_training(n_2d: int, bench_max_cases: int = 10) -> list[Case]:
     return out
 
 
-def training_cases(per_slice: int = 6, n_2d: int = 40) -> dict[str, list[Case]]:
-    return {"colin27": colin27_training(per_slice), "deformed": deformed_training((1, 2), per_slice),
-            "nuclei": nuclei_training(n_2d)}
+TRAINING_SETS = ("colin27", "deformed", "nuclei")
+
+
+def training_cases(per_slice: int = 6, n_2d: int = 40, sets: tuple[str, ...] = TRAINING_SETS,
+                   deformed_seeds: tuple[int, ...] = (1, 2)) -> dict[str, list[Case]]:
+    make = {"colin27": lambda: colin27_training(per_slice), "deformed": lambda: deformed_training(deformed_seeds, per_slice),
+            "nuclei": lambda: nuclei_training(n_2d)}
+    return {s: make[s]() for s in sets}
 
 
 # -- collection ------------------------------------------------------------------------------------
@@ -181,6 +186,14 @@ def gaze_reading(seg, emb, img, truth, sigma: float, seed: int):
     return gaze_features(cands, img, *fixation_arrays(prop.cluster)), cands, [c.mask for c in cands]
 
 
+def _training_sets(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in names if s not in TRAINING_SETS]
+    if unknown or not names:
+        raise SystemExit(f"unknown training set(s) {unknown or text!r}; choose from {TRAINING_SETS}")
+    return names
+
+
 def _kinds(text: str) -> list[str]:
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]
@@ -206,10 +219,11 @@ def collect(args) -> None:
     from prompting.scribbles import Scribble, ScribbleConfig, rasterize, stroke_candidates, stroke_features
 
     kinds = _kinds(args.kinds)
+    names = _training_sets(args.sets)
     seg = build_segmenter("litemedsam", cache=EmbeddingCache(disk_dir=args.cache_dir or None), num_threads=args.threads)
-    sets = training_cases(args.per_slice, args.nuclei)
+    sets = training_cases(args.per_slice, args.nuclei, names, tuple(int(v) for v in args.deformed_seeds.split(",")))
     rows = {k: {"X": [], "dice": [], "hand": [], "case": [], "set": [], "pair": []} for k in kinds}
-    t0, case_id, reading = time.perf_counter(), 0, 0
+    t0, case_id, reading = time.perf_counter(), args.first_case, 0
     gaze_bench = gaze_bench_case_names()
     for set_name, cases in sets.items():
         rng = np.random.default_rng(args.seed)
@@ -489,6 +503,11 @@ def main() -> None:
     c.add_argument("--per-slice", type=int, default=6, help="AAL regions per training slice")
     c.add_argument("--nuclei", type=int, default=40, help="nuclei of the 2D image (outside the bench's)")
     c.add_argument("--kinds", default="click,stroke,gaze", help="which rankers' proposals to collect")
+    c.add_argument("--sets", default=",".join(TRAINING_SETS), help="which training sets to collect")
+    c.add_argument("--deformed-seeds", default="1,2", help="deformed subjects of the 'deformed' set (bench/deform.py seeds)")
+    c.add_argument("--first-case", type=int, default=0,
+                   help="first case id: a collection of OTHER cases (e.g. more deformed subjects) takes ids no other "
+                        "collection uses, so fit's folds key them apart")
     f = sub.add_parser("fit")
     f.add_argument("--data", default="/tmp/clinseg-ranker-A.npz", help="one collection, or several separated by commas")
     f.add_argument("--model", choices=("linear", "trees", "ensemble"), default=None, help="the model to write (default: per kind, MODEL)")
