@@ -134,6 +134,9 @@ def correction_click(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, f
 def click_modules(segmenter, checkpoint: str | None = None):
     """Copies of the segmenter's prompt encoder and mask decoder, optionally with fine-tuned weights."""
     pe, md = copy.deepcopy(segmenter.sam.prompt_encoder), copy.deepcopy(segmenter.sam.mask_decoder)
+    # the twin is trained whatever the segmenter's own modules were set to (others freeze them)
+    pe.requires_grad_(True)
+    md.requires_grad_(True)
     if checkpoint:
         state = torch.load(checkpoint, weights_only=True, map_location="cpu")
         pe.load_state_dict(state["prompt_encoder"])

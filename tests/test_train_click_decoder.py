@@ -58,3 +58,18 @@ def test_a_few_steps_teach_the_decoder_to_read_a_click_and_the_checkpoint_round_
     torch.save({"prompt_encoder": pe.state_dict(), "mask_decoder": md.state_dict()}, path)
     pe2, md2 = click_modules(segmenter, str(path))
     assert np.array_equal(click_answer(segmenter, pe2, md2, emb, click)[0], click_answer(segmenter, pe, md, emb, click)[0])
+
+
+def test_the_twin_trains_even_when_the_segmenter_s_modules_are_frozen(segmenter):
+    # models/adapter_training freezes the shared segmenter's modules; the twin must not inherit that
+    modules = (segmenter.sam.prompt_encoder, segmenter.sam.mask_decoder)
+    flags = [[p.requires_grad for p in m.parameters()] for m in modules]
+    try:
+        for m in modules:
+            m.requires_grad_(False)
+        pe, md = click_modules(segmenter)
+    finally:
+        for m, fs in zip(modules, flags):
+            for p, f in zip(m.parameters(), fs):
+                p.requires_grad_(f)
+    assert all(p.requires_grad for p in list(pe.parameters()) + list(md.parameters()))
