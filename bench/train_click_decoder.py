@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from scipy import ndimage as ndi  # noqa: E402
 
 LOW_RES = 256  # LiteMedSAM's low-res logits side (= its input side): targets live in that frame
 BENCH_SLICE_GAP = (8, 10, 12)  # Colin27 training slices: this many mm past a bench slice (bench: first + 5 + 20 k)
@@ -106,7 +105,10 @@ def embed_cases(seg, cases: list) -> list[dict]:
 # -- clicks in the model frame ---------------------------------------------------------------------
 
 def depth(mask: np.ndarray) -> np.ndarray:
-    return ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    """Distance to the border, the image edge counting as border: the simulated user's measure."""
+    from bench.simulated_users import _inner_distance
+
+    return _inner_distance(mask)
 
 
 def first_click(dt: np.ndarray, rng: np.random.Generator, p_deepest: float = 0.6, sigma: float = 2.4) -> tuple[float, float]:
