@@ -53,6 +53,8 @@ def cmd_export_onnx(args) -> int:
     fast = attach_runtime(seg, "auto", export_root=args.out)
     out.update(default_runtime=fast.active, default_reason=fast.reason, encoder_precision=fast.precision,
                decoder_runtime=fast.decoder_runtime, decoder_precision=fast.decoder_precision)
+    if seg.click_decoder is not None and fast.decoder_runtime == "openvino":  # exported now, not on the first click
+        out["click_decoder"] = seg.click_decoder.use_openvino(export_root=args.out)
     print(json.dumps(out))
     return 0
 

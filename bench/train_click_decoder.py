@@ -1,15 +1,17 @@
-"""Fine-tune a twin of LiteMedSAM's prompt encoder + mask decoder on CLICKS (an experiment; not used by
-the product, docs/prompting.md "A click decoder").
+"""Fine-tune a twin of LiteMedSAM's prompt encoder + mask decoder on CLICKS: the product's click
+decoder (models/click_decoder.py, docs/prompting.md "A click decoder").
 
 LiteMedSAM was trained on boxes: one click decodes to an empty mask (DESIGN.md), so the product turns a
 click into ~65 box proposals and a learned choice (prompting/clicks.py), which costs ~0.55 s and loses
-on nested structures. A decoder that reads clicks would answer a click in one decode (~10 ms). This
-script trains one over the frozen image encoder's cached embeddings and measures it on the bench's
-click cases against the committed click path, in the same run:
+on nested structures. A decoder that reads clicks answers a click in one decode. This script trains one
+over the frozen image encoder's cached embeddings and measures it on the bench's click cases against
+the click path without it, in the same run; `bundle` writes a checkpoint as the product's float16 file
+(the bundled one: `train --steps 650`, other options default, then `bundle`):
 
     .venv/bin/python bench/train_click_decoder.py build [--out /tmp/clinseg-clickdec-data.pt]
     .venv/bin/python bench/train_click_decoder.py train [--data ...] [--steps 800] [--device cpu|cuda] [--out ckpt.pt]
     .venv/bin/python bench/train_click_decoder.py eval ckpt.pt [ckpt2.pt ...] [--offsets 0,0.5]
+    .venv/bin/python bench/train_click_decoder.py bundle ckpt.pt [--out models/click_decoder.pt]
 
 Training images (never the bench's): Colin27 axial slices 8-12 mm from every slice bench/prompts.py uses
 (every AAL region of >= 150 px and the brain mask), deformed subjects 1-6 (bench/deform.py; the volume
@@ -141,8 +143,8 @@ def click_modules(segmenter, checkpoint: str | None = None):
     md.requires_grad_(True)
     if checkpoint:
         state = torch.load(checkpoint, weights_only=True, map_location="cpu")
-        pe.load_state_dict(state["prompt_encoder"])
-        md.load_state_dict(state["mask_decoder"])
+        pe.load_state_dict({k: v.float() for k, v in state["prompt_encoder"].items()})  # float16 bundles too
+        md.load_state_dict({k: v.float() for k, v in state["mask_decoder"].items()})
     return pe, md
 
 
@@ -235,6 +237,15 @@ def _click_tensors(clicks: list[list[tuple[float, float, float]]], device: str):
     coords = torch.tensor([[c[:2] for c in cs] for cs in clicks], dtype=torch.float32, device=device)
     labels = torch.tensor([[c[2] for c in cs] for cs in clicks], dtype=torch.float32, device=device)
     return coords, labels
+
+
+def bundle(args) -> None:
+    from models.click_decoder import save_checkpoint
+    from models.registry import build_segmenter
+
+    pe, md = click_modules(build_segmenter("litemedsam", runtime="torch"), args.checkpoint)
+    save_checkpoint(pe, md, args.out)
+    print(f"{args.checkpoint} -> {args.out} (float16)")
 
 
 def train(args) -> None:
@@ -345,8 +356,11 @@ def main() -> None:
     e.add_argument("--offsets", default="0,0.5", help="bench/prompts.py subsets (--offset)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--cache-dir", default=os.environ.get("CLINSEG_BENCH_CACHE", "/tmp/clinseg-emb-prompts"))
+    u = sub.add_parser("bundle", help="write a checkpoint as the product's float16 click decoder")
+    u.add_argument("checkpoint")
+    u.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "models" / "click_decoder.pt"))
     args = ap.parse_args()
-    {"build": build, "train": train, "eval": evaluate}[args.cmd](args)
+    {"build": build, "train": train, "eval": evaluate, "bundle": bundle}[args.cmd](args)
 
 
 if __name__ == "__main__":

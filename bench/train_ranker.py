@@ -27,8 +27,13 @@ oracle (`--balance P` weighs a case of a set of n cases n^-P in both fits, 1 = e
 same; default per kind, BALANCE), and `--write` stores the model MODEL names for the kind, fitted on everything, into
 prompting/proposal_ranker.json. `--data` takes several collections (e.g. `collect --seed 0..3`:
 other clicks, strokes and readings of the same cases), kept in one fold per case.
-The bundled click and stroke rankers come from this collection (2026-12-03, seeds 0/1/2; the strokes
-since bench/simulated_users.scribble runs the skeleton's longest path); the bundled gaze ranker from a
+The bundled stroke ranker comes from this collection (2026-12-03, seeds 0/1/2, since
+bench/simulated_users.scribble runs the skeleton's longest path). The bundled click ranker reads the
+click decoder's opinion (READ_FEATURES: each proposal's IoU with models/click_decoder.py's masks; the
+segmenter collect builds has the bundled decoder): `collect --kinds click --seed S` and `collect --kinds
+click --sets deformed --deformed-seeds 3,4,5 --first-case 50000 --seed S` for S = 0, 1, 2 (912 readings,
+2026-12-03); "click_plain", used when no click decoder is loaded, is the one fitted before it (597
+readings, `collect --seed 0/1/2`, without READ_FEATURES). The bundled gaze ranker comes from a
 collection made before it, when only every other deformed slice gave a brain case and brain cases
 were stored under their subject's set (the gaze readings of stop 20).
 """
@@ -50,9 +55,9 @@ from bench import simulated_users as su  # noqa: E402
 from bench.devdata import MRICRON, Case, nuclei_cases  # noqa: E402
 from integrations.metrics import dice  # noqa: E402
 from prompting.gaze_ranking import GAZE_FEATURES  # noqa: E402
-from prompting.proposal_ranker import CLICK_FEATURES, STROKE_FEATURES, WEIGHTS_PATH  # noqa: E402
+from prompting.proposal_ranker import CLICK_FEATURES, READ_FEATURES, STROKE_FEATURES, WEIGHTS_PATH  # noqa: E402
 
-KINDS = {"click": CLICK_FEATURES, "stroke": STROKE_FEATURES, "gaze": GAZE_FEATURES}
+KINDS = {"click": CLICK_FEATURES + READ_FEATURES, "stroke": STROKE_FEATURES, "gaze": GAZE_FEATURES}
 # softmax temperature of the Dice targets per kind (chosen by the cross-validation below: for gaze
 # readings 0.05 / 0.1 / 0.2 / 0.4 gave 0.589 / 0.594 / 0.598 / 0.598, the vote 0.564)
 TEMPERATURE = {"click": 0.05, "stroke": 0.05, "gaze": 0.2}
@@ -237,11 +242,11 @@ def collect(args) -> None:
             label = target_set(c, set_name)
             if "click" in kinds:
                 cands = click_candidates(seg, emb, img, pts, ClickConfig(ranker=None))
-                _store(rows["click"], click_features(cands, img, pts), CLICK_FEATURES, cands, c.mask, case_id, label)
+                _store(rows["click"], click_features(cands, img, pts), KINDS["click"], cands, c.mask, case_id, label)
             fg = rasterize([Scribble(su.scribble(c.mask, rng), 3.0, True)], c.mask.shape)
             if "stroke" in kinds:
                 scands = stroke_candidates(seg, emb, fg, c.mask.shape, ScribbleConfig(ranker=None))
-                _store(rows["stroke"], stroke_features(scands, img, fg), STROKE_FEATURES, scands, c.mask, case_id, label)
+                _store(rows["stroke"], stroke_features(scands, img, fg), KINDS["stroke"], scands, c.mask, case_id, label)
             if "gaze" in kinds and c.name not in gaze_bench:
                 for sigma in GAZE_SIGMAS:  # one reading each, its own case id (a listwise group)
                     got = gaze_reading(seg, emb, img, c.mask, sigma, args.seed * 100003 + 7000 + reading)
@@ -461,7 +466,8 @@ def fit(args) -> None:
         trained_on = (f"bench/train_ranker.py: {len(np.unique(case))} "
                       f"{'simulated readings of cases disjoint from bench/gaze.py' if kind == 'gaze' else 'cases disjoint from bench/prompts.py'} "
                       f"(sets {', '.join(str(s) for s in np.unique(sets))}"
-                      f"{f', a case of a set of n cases weighed n^-{balance:g}' if balance else ''}); ")
+                      f"{f', a case of a set of n cases weighed n^-{balance:g}' if balance else ''}); "
+                      + ("with the click decoder's opinion (models/click_decoder.pt, READ_FEATURES); " if "read0" in names else ""))
         mean, scale, w = fit_listwise(X, d, case, temperature, args.l2, weight)
         for n, v in sorted(zip(names, w), key=lambda t: -abs(t[1]))[:10]:
             print(f"   {n:<16}{v:+.3f}")

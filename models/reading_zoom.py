@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from prompting.clicks import ClickConfig, click_candidates, click_features, decoder_prompt
+from prompting.clicks import ClickConfig, click_candidates, click_scores, decoder_prompt
 from prompting.promptset import Box, Point, PromptSet, PromptSource
 from prompting.scribbles import Scribble, ScribbleConfig, rasterize, stroke_candidates, stroke_features
 
@@ -133,7 +133,6 @@ def sharpen_clicks(segmenter, image01: np.ndarray, points: Sequence[Point], prom
     points = tuple(points)
     if config.ranker is None or not any(p.positive for p in points):
         return ZoomedReading(prompt, segment_adaptive(segmenter, image01, decoder_prompt(segmenter, prompt), policy), False)
-    from prompting.proposal_ranker import load_ranker
 
     def read(embedding, image: np.ndarray, dx: int, dy: int) -> list:
         h, w = image.shape[:2]
@@ -141,6 +140,5 @@ def sharpen_clicks(segmenter, image01: np.ndarray, points: Sequence[Point], prom
                         if 0 <= p.x - dx <= w - 1 and 0 <= p.y - dy <= h - 1)
         return click_candidates(segmenter, embedding, image, shifted, config) if any(p.positive for p in shifted) else []
 
-    ranker = load_ranker(config.ranker)
-    return reread_on_crop(segmenter, image01, prompt, read, lambda c: ranker.score(click_features(c, image01, points)),
+    return reread_on_crop(segmenter, image01, prompt, read, lambda c: click_scores(c, image01, points, config.ranker),
                           "clicks", next(p.source for p in points if p.positive), policy, uncertainty)

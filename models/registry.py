@@ -117,9 +117,14 @@ def build_segmenter(name: str = "litemedsam", checkpoint: str | os.PathLike | No
     sam.eval()
     pre = preprocessing or spec.preprocessing
     segmenter = SamSegmenter(name, sam, pre, cache=cache, version=f"{name}:{pre.describe()}")
+    from .click_decoder import click_decoder_for
+    segmenter.click_decoder = click_decoder_for(sam, name)
     from .runtime import attach_runtime
 
     attach_runtime(segmenter, runtime, threads=num_threads,
                    precision=precision or os.environ.get(PRECISION_ENV, "auto"),
                    decoder_precision=decoder_precision or os.environ.get(DECODER_PRECISION_ENV, "auto"))
+    report = segmenter.runtime_report
+    if segmenter.click_decoder is not None and report is not None and report.decoder_runtime == "openvino":
+        segmenter.click_decoder.use_openvino(num_threads)
     return segmenter

@@ -6,7 +6,7 @@ segment_anything's own predictor: swap the encoder or the resize policy, the dec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from prompting.promptset import PromptSet
 from .cache import EmbeddingCache, content_key
 from .segmentation import ImageEmbedding, Segmentation
 from .transforms import SliceTransform
+
+if TYPE_CHECKING:
+    from .click_decoder import ClickReading
 
 _IMAGENET_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
 _IMAGENET_STD = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
@@ -45,6 +48,14 @@ class SamSegmenter:
         # which runtime is active and why (set by models.runtime.attach_runtime).
         self.runtime = None
         self.runtime_report = None
+        # A click-reading twin of the decoder (models/click_decoder.py), set by the registry; None = none.
+        self.click_decoder = None
+
+    def read_clicks(self, embedding: ImageEmbedding, points) -> ClickReading | None:
+        """The click decoder's three masks for these points (slice grid), or None without one."""
+        if self.click_decoder is None or not any(p.positive for p in points):
+            return None
+        return self.click_decoder.read(embedding, points, self.transform_for(embedding.original_size))
 
     # -- encoder -----------------------------------------------------------------------------
     def transform_for(self, shape: tuple[int, int]) -> SliceTransform:

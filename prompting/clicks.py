@@ -187,6 +187,7 @@ class _Scored:
     top: float = 0.0  # the mask's largest interior distance, px
     refined: bool = False  # decoded from a previous proposal's own mask box (fixed-point step)
     terms: dict | None = None  # stroke measurements (prompting.scribbles.stroke_terms) for stroke proposals
+    read: tuple[float, ...] | None = None  # IoU with a click decoder's masks (READ_FEATURES order), if one read the clicks
 
 
 def _centrality(mask: np.ndarray, points: Sequence[Point]) -> float:
@@ -341,9 +342,10 @@ def _dedupe(boxes: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def click_candidates(segmenter, embedding, image01: np.ndarray | None, points: Sequence[Point],
-                     cfg: ClickConfig = ClickConfig()) -> list[_Scored]:
+                     cfg: ClickConfig = ClickConfig(), read: bool = True) -> list[_Scored]:
     """Every proposal for the clicks, hand-scored: the first batch (scale grid + region growing) and
-    its fixed-point refinements (each mask's own box + margin, `.refined`), two batched decodes."""
+    its fixed-point refinements (each mask's own box + margin, `.refined`), two batched decodes;
+    with `read`, each one's agreement with the segmenter's click decoder (`.read`) when it has one."""
     shape = tuple(embedding.original_size)
     check_points(points, shape)
     boxes = _dedupe(scale_proposals(points, shape, cfg) + grow_proposals(image01, points, cfg))
@@ -355,7 +357,7 @@ def click_candidates(segmenter, embedding, image01: np.ndarray | None, points: S
             parents.append(s)
             refined_boxes.append(_with_margin(mb, cfg.refine_margin, shape))
     if not refined_boxes:
-        return scored
+        return _with_reading(segmenter, embedding, points, scored) if read else scored
     # one batch; a refined box's "neighbour" is the proposal it came from (a fixed point of
     # box -> mask -> box is what a box-trained model segments consistently)
     refined = score_boxes(segmenter, embedding, refined_boxes, points, replace(cfg, w_neighbours=0.0))
@@ -363,16 +365,33 @@ def click_candidates(segmenter, embedding, image01: np.ndarray | None, points: S
         r.neighbours = _mask_iou(r.mask, parent.mask)
         r.score += cfg.w_neighbours * r.neighbours
         r.refined = True
-    return scored[: cfg.refine_top] + refined
+    every = scored[: cfg.refine_top] + refined
+    return _with_reading(segmenter, embedding, points, every) if read else every
+
+
+def _with_reading(segmenter, embedding, points: Sequence[Point], cands: list[_Scored]) -> list[_Scored]:
+    """Each candidate's agreement with the segmenter's click decoder (`read_clicks`), when it has one:
+    IoU with each of its three masks and with the one it rates best."""
+    read = getattr(segmenter, "read_clicks", None)
+    reading = read(embedding, points) if read is not None else None
+    if reading is None:
+        return cands
+    outs = list(reading.masks) + [reading.best]
+    areas = [float(m.sum()) for m in outs]
+    for s in cands:
+        inter = [float((s.mask & m).sum()) for m in outs]
+        s.read = tuple(i / max(s.area + b - i, 1.0) for i, b in zip(inter, areas))
+    return cands
 
 
 def click_features(cands: Sequence[_Scored], image01: np.ndarray, points: Sequence[Point]) -> dict[str, np.ndarray]:
     """The proposal ranker's feature table (prompting.proposal_ranker.CLICK_FEATURES) for click proposals."""
-    from .proposal_ranker import ImageContext, image_features, intensity_deviation, set_features
+    from .proposal_ranker import READ_FEATURES, ImageContext, image_features, intensity_deviation, set_features
 
     h, w = np.asarray(image01).shape[:2]
     ctx = ImageContext.of(image01)
     pos = np.array([[p.x, p.y] for p in points if p.positive], np.float64).reshape(-1, 2)
+    read = bool(cands) and all(s.read is not None for s in cands)  # a click decoder's opinion, on every proposal
     rows = []
     for s in cands:
         f = image_features(s.mask, s.box, ctx)
@@ -382,10 +401,20 @@ def click_features(cands: Sequence[_Scored], image01: np.ndarray, points: Sequen
                  log_area=math.log((s.area + 1.0) / (h * w)), refined=float(s.refined),
                  click_dev=intensity_deviation(s.mask, ctx, pos), gap_rel=float(min(gap_rel, 1.0)),
                  hull_gap_rel=hull_gap(s.mask, points))
+        if read:
+            f.update(zip(READ_FEATURES, s.read))
         rows.append(f)
     table = {k: np.array([r[k] for r in rows], np.float64) for k in rows[0]} if rows else {}
     table.update(set_features([s.mask for s in cands]))
     return table
+
+
+def click_scores(cands: Sequence[_Scored], image01: np.ndarray, points: Sequence[Point], kind: str = "click") -> np.ndarray:
+    """The learned ranker's scores (the one that reads the click decoder's opinion when every candidate has it)."""
+    from .proposal_ranker import ranker_for
+
+    table = click_features(cands, image01, points)
+    return ranker_for(kind, table).score(table)
 
 
 def rank_candidates(cands: Sequence[_Scored], image01: np.ndarray | None, points: Sequence[Point],
@@ -393,9 +422,7 @@ def rank_candidates(cands: Sequence[_Scored], image01: np.ndarray | None, points
     """Replace the hand scores by the learned ranker's (`cfg.ranker`), when there is an image to look at."""
     if not cfg.ranker or image01 is None or not cands:
         return
-    from .proposal_ranker import load_ranker
-
-    scores = load_ranker(cfg.ranker).score(click_features(cands, image01, points))
+    scores = click_scores(cands, image01, points, cfg.ranker)
     for s, v in zip(cands, scores):
         s.score = float(v)
 
@@ -404,7 +431,7 @@ def best_box_for_points(segmenter, embedding, image01: np.ndarray | None, points
                         cfg: ClickConfig = ClickConfig()) -> _Scored:
     """The best proposal (after one self-consistency refinement round), by the learned ranker when
     `cfg.ranker` is set and the image is given, else by the hand score."""
-    cands = click_candidates(segmenter, embedding, image01, points, cfg)
+    cands = click_candidates(segmenter, embedding, image01, points, cfg, read=bool(cfg.ranker) and image01 is not None)
     rank_candidates(cands, image01, points, cfg)
     return max(cands, key=lambda s: s.score)
 

@@ -312,11 +312,12 @@ def test_hull_gap_sees_a_click_at_the_middle_of_a_notched_outline():
 
 def test_bundled_rankers_load_and_match_the_feature_lists():
     from prompting.gaze_ranking import GAZE_FEATURES
-    from prompting.proposal_ranker import CLICK_FEATURES, STROKE_FEATURES, load_ranker
+    from prompting.proposal_ranker import CLICK_FEATURES, READ_FEATURES, STROKE_FEATURES, load_ranker
 
     from prompting.proposal_ranker import EnsembleRanker, LinearRanker, TreeRanker
 
-    for kind, names in (("click", CLICK_FEATURES), ("stroke", STROKE_FEATURES), ("gaze", GAZE_FEATURES)):
+    for kind, names in (("click", CLICK_FEATURES + READ_FEATURES), ("click_plain", CLICK_FEATURES), ("stroke", STROKE_FEATURES),
+                        ("gaze", GAZE_FEATURES)):
         r = load_ranker(kind)
         assert r.features == names
         assert "disjoint" in r.trained_on
@@ -417,7 +418,7 @@ def test_ranker_prefers_the_disc_over_an_enclosing_or_inner_mask():
     """A bright disc on a mid-grey square on a dark background, clicked at its centre: the disc's own
     mask must outrank the enclosing square and a smaller disc inside it (same decoder confidence)."""
     from prompting.clicks import ClickConfig, click_features
-    from prompting.proposal_ranker import load_ranker
+    from prompting.proposal_ranker import load_ranker, ranker_for
 
     rng = np.random.default_rng(3)
     yy, xx = np.mgrid[:200, :200]
@@ -428,10 +429,10 @@ def test_ranker_prefers_the_disc_over_an_enclosing_or_inner_mask():
     pts = [Point(101.0, 99.0)]
     cands = [_hand_candidate(disc, [70, 70, 130, 130], pts), _hand_candidate(square, [38, 38, 162, 162], pts),
              _hand_candidate(inner, [85, 85, 115, 115], pts)]
-    table = click_features(cands, img, pts)
-    scores = load_ranker(ClickConfig().ranker).score(table)
+    table = click_features(cands, img, pts)  # no click decoder read these: the plain ranker ranks
+    scores = ranker_for(ClickConfig().ranker, table).score(table)
     assert scores[0] > scores[1] and scores[0] > scores[2], scores
-    assert np.array_equal(scores, load_ranker("click").score(click_features(cands, img, pts)))  # deterministic
+    assert np.array_equal(scores, load_ranker("click_plain").score(click_features(cands, img, pts)))  # deterministic
 
 
 def test_click_proposal_with_the_ranker_is_deterministic_and_finds_the_disc(segmenter, disc):

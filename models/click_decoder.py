@@ -1,0 +1,181 @@
+"""A second reader for clicks: LiteMedSAM's prompt encoder + mask decoder fine-tuned to read clicks.
+
+LiteMedSAM was trained on boxes, so a click alone decodes to an empty mask and prompting/clicks.py
+turns clicks into box proposals chosen by a learned ranker. A twin of the prompt encoder and mask
+decoder fine-tuned on clicks (bench/train_click_decoder.py, on images disjoint from the benchmarks)
+answers a click directly, in one decode, with SAM's three nested masks. On atlas parcels its answer
+is right more often than the ranker's pick among proposals, on nuclei less often, and its own IoU
+head does not know which of its three masks is the whole organ. So it does not replace the
+proposals: its three masks are evidence the ranker weighs (each proposal's IoU with each of them,
+`prompting.clicks.click_candidates`), learned on the ranker's own training cases.
+
+The checkpoint is bundled (`models/click_decoder.pt`, float16). `$CLINSEG_CLICK_DECODER` names
+another checkpoint (`bench/train_click_decoder.py train --out`), or `off` to read clicks without it.
+When the segmenter runs on OpenVINO, the twin does too (`use_openvino`: exported once to ONNX beside
+the segmenter's exports, keyed by its weights; a reading takes ~85-100 ms in PyTorch eager on 2 cores,
+~40 ms on OpenVINO f32, ~18 ms bf16): its first reading runs both and keeps OpenVINO only if every
+mask agrees with PyTorch's (IoU >= 0.97).
+"""
+from __future__ import annotations
+
+import copy
+import pickle
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from integrations.errors import ModelWeightsError
+
+BUNDLED_CHECKPOINT = Path(__file__).with_name("click_decoder.pt")
+CHECKPOINT_ENV = "CLINSEG_CLICK_DECODER"
+
+
+@dataclass(frozen=True)
+class ClickReading:
+    """The twin's answer to a set of clicks, on the slice grid."""
+    masks: np.ndarray  # (3, H, W) bool: SAM's three nested outputs
+    iou: np.ndarray  # (3,) the twin's own quality estimates
+
+    @property
+    def best(self) -> np.ndarray:
+        return self.masks[int(np.argmax(self.iou))]
+
+
+class ClickDecoder:
+    """Fine-tuned copies of a segmenter's prompt encoder and mask decoder (the encoder is shared)."""
+
+    # a compiled reading must match PyTorch's this well (IoU of every mask) on its first call
+    MIN_AGREEMENT = 0.97
+
+    def __init__(self, prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module, source: str):
+        self.prompt_encoder = prompt_encoder.eval()
+        self.mask_decoder = mask_decoder.eval()
+        self.source = source
+        self._graph = None  # an OpenVINO graph of the twin, on probation until its first reading
+        self._validated = False
+        self.runtime = "torch"
+        self.runtime_note = "PyTorch eager"
+
+    def use_openvino(self, threads: int | None = None, export_root: str | os.PathLike | None = None) -> str:
+        """Compile the twin with OpenVINO (bf16 where native, else f32); on any failure PyTorch stays,
+        and the reason is returned."""
+        try:
+            from .onnx_export import DecoderOnnxModel, OPSET, _export, clinseg_version, default_export_root, weights_fingerprint
+            from .openvino_runtime import OpenVinoGraph, native_bf16
+
+            root = Path(export_root).expanduser() if export_root else default_export_root()
+            fp = weights_fingerprint(torch.nn.ModuleList([self.prompt_encoder, self.mask_decoder]))
+            path = root / f"click_decoder-w{fp[:16]}-clinseg{clinseg_version()}-opset{OPSET}.onnx"
+            if not path.is_file():
+                root.mkdir(parents=True, exist_ok=True)
+                model = DecoderOnnxModel(_TwinSam(self.prompt_encoder, self.mask_decoder)).eval()
+                h, w = self.prompt_encoder.image_embedding_size
+                emb = torch.zeros(1, self.prompt_encoder.embed_dim, h, w)
+                side = self.prompt_encoder.mask_input_size
+                _export(model, (emb, torch.tensor([[[60.0, 70.0], [10.0, 10.0]]]), torch.tensor([[1.0, 0.0]]),
+                                torch.zeros(1, 1, *side), torch.zeros(1)), path,
+                        ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
+                        ["low_res_logits", "iou_predictions"],
+                        {"point_coords": {1: "points"}, "point_labels": {1: "points"}})
+            # bf16 where the CPU has it natively: 2x faster, masks at IoU >= 0.99 with PyTorch's (measured)
+            precision = "bf16" if native_bf16() else "f32"
+            self._graph = OpenVinoGraph(path, int(threads or torch.get_num_threads()), precision, fuse_snippets=False)
+            self._validated = False
+            self.runtime = "openvino"
+            self.runtime_note = f"OpenVINO {precision} ({path.name}), checked against PyTorch on its first reading"
+        except Exception as e:  # noqa: BLE001 - any export/compile failure leaves the PyTorch twin in place
+            self._graph = None
+            self.runtime, self.runtime_note = "torch", f"PyTorch eager (OpenVINO click decoder unavailable: {e})"
+        return self.runtime_note
+
+    def _read_openvino(self, features: torch.Tensor, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        side = self.prompt_encoder.mask_input_size
+        # segment_anything's PromptEncoder pads clicks without a box with one "not a point" (label -1)
+        coords = np.concatenate([coords, np.zeros((1, 1, 2), np.float32)], 1)
+        labels = np.concatenate([labels, -np.ones((1, 1), np.float32)], 1)
+        low_res, iou = self._graph.run({
+            "image_embeddings": np.ascontiguousarray(features.float().numpy()),
+            "point_coords": np.ascontiguousarray(coords, np.float32), "point_labels": np.ascontiguousarray(labels, np.float32),
+            "mask_input": np.zeros((1, 1, *side), np.float32), "has_mask_input": np.zeros(1, np.float32)})
+        return low_res[:, 1:], iou[:, 1:]  # SAM's three multimask tokens
+
+    @classmethod
+    def from_checkpoint(cls, sam, path: str | os.PathLike) -> "ClickDecoder":
+        """Copies of `sam`'s prompt encoder and mask decoder with the checkpoint's weights (strict)."""
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ModelWeightsError(f"click decoder checkpoint not found: {path} (set ${CHECKPOINT_ENV} to a file, or 'off').")
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+            pe, md = copy.deepcopy(sam.prompt_encoder), copy.deepcopy(sam.mask_decoder)
+            pe.load_state_dict({k: v.float() for k, v in state["prompt_encoder"].items()})
+            md.load_state_dict({k: v.float() for k, v in state["mask_decoder"].items()})
+        except (RuntimeError, KeyError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+            raise ModelWeightsError(f"click decoder checkpoint {path} does not fit this backend's decoder: {e}") from e
+        pe.requires_grad_(False)
+        md.requires_grad_(False)
+        return cls(pe, md, str(path))
+
+    @torch.inference_mode()
+    def read(self, embedding, points: Sequence, transform) -> ClickReading:
+        """Points (x, y, positive on the slice grid) against `embedding` -> the three masks on that grid."""
+        xy = transform.coords_to_model(np.array([[p.x + 0.5, p.y + 0.5] for p in points], np.float32))[None]
+        labels = np.array([[1.0 if p.positive else 0.0 for p in points]], np.float32)
+        if self._graph is not None:
+            low_res, iou = self._read_openvino(embedding.features, xy, labels)
+            reading = self._to_image(torch.from_numpy(low_res), iou, transform)
+            if self._validated:
+                return reading
+            reference = self._read_torch(embedding.features, xy, labels, transform)
+            agreement = min(_iou(a, b) for a, b in zip(reading.masks, reference.masks))
+            if agreement >= self.MIN_AGREEMENT:
+                self._validated = True
+                return reading
+            self._graph = None
+            self.runtime, self.runtime_note = "torch", f"PyTorch eager (OpenVINO click decoder disagreed: mask IoU {agreement:.3f})"
+            return reference
+        return self._read_torch(embedding.features, xy, labels, transform)
+
+    def _read_torch(self, features: torch.Tensor, xy: np.ndarray, labels: np.ndarray, transform) -> ClickReading:
+        sparse, dense = self.prompt_encoder(points=(torch.from_numpy(xy), torch.from_numpy(labels)), boxes=None, masks=None)
+        low_res, iou = self.mask_decoder(image_embeddings=features.float(), image_pe=self.prompt_encoder.get_dense_pe(),
+                                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
+        return self._to_image(low_res, iou.numpy(), transform)
+
+    @staticmethod
+    def _to_image(low_res: torch.Tensor, iou: np.ndarray, transform) -> ClickReading:
+        masks = transform.logits_to_image(low_res[0][:, None])[:, 0].numpy() > 0
+        return ClickReading(masks, np.asarray(iou[0], np.float64))
+
+
+class _TwinSam:
+    """What the ONNX export reads of a Sam: its prompt encoder and mask decoder."""
+
+    def __init__(self, prompt_encoder, mask_decoder):
+        self.prompt_encoder, self.mask_decoder = prompt_encoder, mask_decoder
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = int((a | b).sum())
+    return float((a & b).sum()) / union if union else 1.0
+
+
+def click_decoder_for(sam, name: str) -> ClickDecoder | None:
+    """The click decoder a backend gets: the bundled one for LiteMedSAM unless $CLINSEG_CLICK_DECODER
+    says otherwise; none for other backends unless a checkpoint is named."""
+    choice = os.environ.get(CHECKPOINT_ENV, "").strip()
+    if choice.lower() in ("off", "none", "0"):
+        return None
+    if choice:
+        return ClickDecoder.from_checkpoint(sam, choice)
+    return ClickDecoder.from_checkpoint(sam, BUNDLED_CHECKPOINT) if name == "litemedsam" else None
+
+
+def save_checkpoint(prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module, path: str | os.PathLike) -> None:
+    """float16 state dicts: half the size, and the masks they give match float32's (tests/test_click_decoder.py)."""
+    torch.save({"prompt_encoder": {k: v.half() for k, v in prompt_encoder.state_dict().items()},
+                "mask_decoder": {k: v.half() for k, v in mask_decoder.state_dict().items()}}, path)
