@@ -5,7 +5,8 @@ LiteMedSAM was trained on boxes: one click decodes to an empty mask (DESIGN.md),
 click into ~65 box proposals and a learned choice (prompting/clicks.py), which costs ~0.55 s and loses
 on nested structures. A decoder that reads clicks answers a click in one decode. This script trains one
 over the frozen image encoder's cached embeddings and measures it on the bench's click cases against
-the click path without it, in the same run; `bundle` writes a checkpoint as the product's float16 file
+the click path without it, in the same run; `bundle` writes a checkpoint as the product's file (int8 changes to
+LiteMedSAM's decoder weights, under 5 MB)
 (the bundled one: `train --steps 650`, other options default, then `bundle`):
 
     .venv/bin/python bench/train_click_decoder.py build [--out /tmp/clinseg-clickdec-data.pt]
@@ -142,9 +143,11 @@ def click_modules(segmenter, checkpoint: str | None = None):
     pe.requires_grad_(True)
     md.requires_grad_(True)
     if checkpoint:
-        state = torch.load(checkpoint, weights_only=True, map_location="cpu")
-        pe.load_state_dict({k: v.float() for k, v in state["prompt_encoder"].items()})  # float16 bundles too
-        md.load_state_dict({k: v.float() for k, v in state["mask_decoder"].items()})
+        from models.click_decoder import checkpoint_states
+
+        pe_state, md_state = checkpoint_states(torch.load(checkpoint, weights_only=True, map_location="cpu"), segmenter.sam)
+        pe.load_state_dict(pe_state)  # float16 and int8-delta bundles too
+        md.load_state_dict(md_state)
     return pe, md
 
 
@@ -243,9 +246,10 @@ def bundle(args) -> None:
     from models.click_decoder import save_checkpoint
     from models.registry import build_segmenter
 
-    pe, md = click_modules(build_segmenter("litemedsam", runtime="torch"), args.checkpoint)
-    save_checkpoint(pe, md, args.out)
-    print(f"{args.checkpoint} -> {args.out} (float16)")
+    segmenter = build_segmenter("litemedsam", runtime="torch")
+    pe, md = click_modules(segmenter, args.checkpoint)
+    save_checkpoint(pe, md, args.out, base_sam=segmenter.sam)
+    print(f"{args.checkpoint} -> {args.out} (int8 changes to LiteMedSAM's prompt encoder and mask decoder)")
 
 
 def train(args) -> None:
@@ -356,7 +360,7 @@ def main() -> None:
     e.add_argument("--offsets", default="0,0.5", help="bench/prompts.py subsets (--offset)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--cache-dir", default=os.environ.get("CLINSEG_BENCH_CACHE", "/tmp/clinseg-emb-prompts"))
-    u = sub.add_parser("bundle", help="write a checkpoint as the product's float16 click decoder")
+    u = sub.add_parser("bundle", help="write a checkpoint as the product's click decoder (int8 delta)")
     u.add_argument("checkpoint")
     u.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "models" / "click_decoder.pt"))
     args = ap.parse_args()

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from integrations.errors import ModelWeightsError
 from integrations.metrics import dice
-from models.click_decoder import BUNDLED_CHECKPOINT, CHECKPOINT_ENV, ClickDecoder, click_decoder_for, save_checkpoint
+from models.click_decoder import BUNDLED_CHECKPOINT, CHECKPOINT_ENV, DELTA_FORMAT, ClickDecoder, click_decoder_for, save_checkpoint
 from prompting.clicks import ClickConfig, click_candidates, click_features, click_scores, propose_from_points
 from prompting.promptset import Point
 from prompting.proposal_ranker import READ_FEATURES, EnsembleRanker, load_ranker, ranker_for
@@ -26,18 +27,30 @@ def test_no_reading_without_a_positive_click(segmenter, disc_image):
     assert segmenter.read_clicks(segmenter.embed(img), [Point(5, 5, False)]) is None
 
 
-def test_a_float16_checkpoint_reads_like_the_float32_twin(segmenter, disc_image, tmp_path):
+@pytest.mark.parametrize("as_delta", [False, True], ids=["float16", "int8-delta"])
+def test_a_saved_checkpoint_reads_like_the_float32_twin(segmenter, disc_image, tmp_path, as_delta):
     img, _ = disc_image
     emb = segmenter.embed(img)
     twin = segmenter.click_decoder
     path = tmp_path / "cd.pt"
-    save_checkpoint(twin.prompt_encoder, twin.mask_decoder, path)
+    save_checkpoint(twin.prompt_encoder, twin.mask_decoder, path, base_sam=segmenter.sam if as_delta else None)
     again = ClickDecoder.from_checkpoint(segmenter.sam, path)
     clicks = [Point(120, 100, True), Point(30, 30, False)]
     a, b = twin.read(emb, clicks, segmenter.transform_for(img.shape)), again.read(emb, clicks, segmenter.transform_for(img.shape))
     for x, y in zip(a.masks, b.masks):
         assert (x & y).sum() >= 0.99 * max((x | y).sum(), 1)
     assert np.abs(a.iou - b.iou).max() < 1e-2
+
+
+def test_the_bundled_checkpoint_is_small_and_tied_to_its_base_weights(segmenter, tmp_path):
+    assert BUNDLED_CHECKPOINT.stat().st_size < 5_000_000
+    state = torch.load(BUNDLED_CHECKPOINT, weights_only=True)
+    assert state["format"] == DELTA_FORMAT
+    state["base"] = "0" * 64  # changes made to some other decoder must not be added to this one's weights
+    foreign = tmp_path / "foreign.pt"
+    torch.save(state, foreign)
+    with pytest.raises(ModelWeightsError, match="foreign.pt.*other decoder weights"):
+        ClickDecoder.from_checkpoint(segmenter.sam, foreign)
 
 
 def test_a_missing_or_foreign_checkpoint_is_named(segmenter, tmp_path, monkeypatch):
