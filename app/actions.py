@@ -204,7 +204,8 @@ def _reread_on_crop(ws: Workstation, segmenter, previous: SliceResult, image01, 
     """Sharpen for a result of one click or of foreground strokes alone: they are read again on the
     zoomed crop (models.reading_zoom, the one-shot path bench/prompts.py measures), the learned ranker
     choosing among whole-slice and crop proposals. None when that does not apply or a whole-slice
-    proposal wins: the box's gated zoom then decides, as for any other result."""
+    proposal wins: the box's gated zoom then decides, as for any other result, unless the one-shot
+    path already declined that zoom for leaving the winning proposal (then: kept, with the reason)."""
     from models.reading_zoom import sharpen_clicks, sharpen_scribbles
     from models.zoom import ZoomPolicy
 
@@ -219,7 +220,8 @@ def _reread_on_crop(ws: Workstation, segmenter, previous: SliceResult, image01, 
     else:
         return None
     if not res.zoomed:
-        return None
+        # the whole slice won; its zoomed decode, when it leaves the winning proposal, is not asked again
+        return (None, f"kept the current mask: {res.declined}.") if res.declined else None
     seg = res.segmentation
     seg.notes = list(previous.notes) + seg.notes[-2:]
     honour_edge_clicks(seg, res.prompt)

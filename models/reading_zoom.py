@@ -41,6 +41,7 @@ class ZoomedReading:
     zoomed: bool  # the winner is a crop proposal
     candidates: int = 0  # how many masks the final choice saw (0: no choice was made here)
     notes: list[str] = field(default_factory=list)
+    declined: str = ""  # why the gated zoom's re-decode was not kept although rated higher ("" when it was not at issue)
 
 
 # read(embedding, image01, dx, dy): the user's input shifted by (-dx, -dy) into that image's frame,
@@ -80,9 +81,10 @@ def reread_on_crop(segmenter, image01: np.ndarray, prompt: PromptSet, read: Read
     if j < n_whole:
         note = (f"zoomed reading tried ({len(on_slice)} masks on a {x1 - x0}x{y1 - y0} px crop); "
                 "a whole-slice proposal kept")
-        base = _agreeing_with(segmenter, image01, decoded, base, every[j].mask)
-        base.notes.append(note)
-        return ZoomedReading(prompt, base, False, len(every), [note])
+        kept = _agreeing_with(segmenter, image01, decoded, base, every[j].mask)
+        declined = kept.notes[-1] if kept is not base else ""
+        kept.notes.append(note)
+        return ZoomedReading(prompt, kept, False, len(every), [note], declined)
     c = crop_cands[j - n_whole]
     # the mask ranked is the one kept; its box's decode on the crop supplies the logits and the rating
     crop_prompt = PromptSet(box=Box(*map(float, c.box)))
