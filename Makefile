@@ -33,7 +33,8 @@ run: install
 	$(VENV)/bin/streamlit run app/main.py --server.address $(HOST) --server.port $(PORT) \
 	  --server.headless true --browser.gatherUsageStats false -- --demo
 
-test: install system-deps
+# the suite also reads one dev-set image (stardist's nuclei, tests/test_reading_zoom.py)
+test: bench-data
 	$(PY) -m pytest
 
 bench-data: install system-deps
