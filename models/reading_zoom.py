@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from prompting.clicks import ClickConfig, click_candidates, click_scores, decoder_prompt
+from prompting.clicks import ClickConfig, _mask_iou, click_candidates, click_scores, decoder_prompt
 from prompting.promptset import Box, Point, PromptSet, PromptSource
 from prompting.scribbles import Scribble, ScribbleConfig, rasterize, stroke_candidates, stroke_features
 
@@ -70,7 +70,8 @@ def reread_on_crop(segmenter, image01: np.ndarray, prompt: PromptSet, read: Read
     crop_cands = read(cemb, crop.image01, x0, y0)
     if not crop_cands:
         return whole
-    whole_cands = read(segmenter.embed(image01), image01, 0, 0)
+    wemb = segmenter.embed(image01)
+    whole_cands = read(wemb, image01, 0, 0)
     pad = ((y0, shape[0] - y1), (x0, shape[1] - x1))
     offset = np.array([x0, y0, x0, y0], np.float32)
     # the ranker looks at every mask on the whole slice, as it was trained (stroke terms measured there)
@@ -81,7 +82,7 @@ def reread_on_crop(segmenter, image01: np.ndarray, prompt: PromptSet, read: Read
     if j < n_whole:
         note = (f"zoomed reading tried ({len(on_slice)} masks on a {x1 - x0}x{y1 - y0} px crop); "
                 "a whole-slice proposal kept")
-        kept = _agreeing_with(segmenter, image01, decoded, base, every[j].mask)
+        kept = _agreeing_with(segmenter, wemb, decoded, base, every[j].mask)
         declined = kept.notes[-1] if kept is not base else ""
         kept.notes.append(note)
         return ZoomedReading(prompt, kept, False, len(every), [note], declined)
@@ -110,22 +111,19 @@ def reread_on_crop(segmenter, image01: np.ndarray, prompt: PromptSet, read: Read
 MIN_WINNER_AGREEMENT = 0.5
 
 
-def _agreeing_with(segmenter, image01: np.ndarray, prompt: PromptSet, result: Segmentation, winner: np.ndarray) -> Segmentation:
-    """`result` (the gated zoom's), or the whole-slice decode of `prompt` when only that agrees with `winner`."""
-    if not result.mask.any() or _iou(result.mask, winner) >= MIN_WINNER_AGREEMENT:
+def _agreeing_with(segmenter, embedding, prompt: PromptSet, result: Segmentation, winner: np.ndarray) -> Segmentation:
+    """`result` (the gated zoom's), or the whole-slice decode of `prompt` (against `embedding`, the
+    slice's) when only that agrees with `winner`."""
+    agreement = _mask_iou(result.mask, winner)
+    if not result.mask.any() or agreement >= MIN_WINNER_AGREEMENT:
         return result
-    plain = segmenter.decode(segmenter.embed(image01), prompt)
-    if _iou(plain.mask, winner) <= _iou(result.mask, winner):
+    plain = segmenter.decode(embedding, prompt)
+    if _mask_iou(plain.mask, winner) <= agreement:
         return result
     plain.label, plain.slice_index = result.label, result.slice_index
-    plain.notes.append(f"the zoomed re-decode disagreed with the chosen proposal (IoU {_iou(result.mask, winner):.2f}); "
+    plain.notes.append(f"the zoomed re-decode disagreed with the chosen proposal (IoU {agreement:.2f}); "
                        "kept the whole-slice decode")
     return plain
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = int(np.logical_or(a, b).sum())
-    return float(np.logical_and(a, b).sum()) / union if union else 1.0
 
 
 def sharpen_scribbles(segmenter, image01: np.ndarray, strokes: Sequence[Scribble], prompt: PromptSet,

@@ -134,9 +134,10 @@ def test_a_zoomed_decode_that_contradicts_the_winner_gives_way_to_the_whole_slic
     prompt = PromptSet.from_box(78, 58, 162, 142)
     whole = segmenter.decode(segmenter.embed(image), prompt)
     elsewhere = replace(whole, mask=np.roll(whole.mask, 90, axis=1), notes=[])  # a "zoomed" mask of something else
-    kept = _agreeing_with(segmenter, image, prompt, elsewhere, whole.mask)
+    emb = segmenter.embed(image)
+    kept = _agreeing_with(segmenter, emb, prompt, elsewhere, whole.mask)
     assert np.array_equal(kept.mask, whole.mask) and "disagreed with the chosen proposal" in kept.notes[-1]
     # agreeing (or the flat-box empty answer) stands as it is
-    assert _agreeing_with(segmenter, image, prompt, whole, whole.mask) is whole
+    assert _agreeing_with(segmenter, emb, prompt, whole, whole.mask) is whole
     empty = replace(whole, mask=np.zeros_like(whole.mask))
-    assert _agreeing_with(segmenter, image, prompt, empty, whole.mask) is empty
+    assert _agreeing_with(segmenter, emb, prompt, empty, whole.mask) is empty
