@@ -164,8 +164,13 @@ def sharpen(ws: Workstation, segmenter) -> tuple[SliceResult | None, str]:
     from prompting.clicks import decoder_prompt
 
     previous = previous_result(ws)
-    if previous is None or previous.prompt.box is None:
+    if previous is None or previous.area_px == 0:
         raise InvalidPromptError("nothing to sharpen on this slice: segment the structure first (box, click or scribble).")
+    if previous.prompt.box is None:
+        # clicks the click decoder answered (prompting.clicks.read_answer): only structures large enough
+        # for the whole slice's model frame are answered so, and there a zoom has nothing to add
+        return None, ("kept the current mask: the click decoder read these clicks on the whole slice; it answers only "
+                      "structures large enough to draw there (smaller ones go through box proposals, which Sharpen zooms).")
     session = slice_session(ws)
     shape = session.image01.shape[:2]
     strokes = tuple(previous.strokes)
@@ -241,9 +246,17 @@ def propagation_seeds(ws: Workstation, segmenter) -> dict[int, PromptSet]:
     obj = ws.active_object
     if obj is None or not obj.slices:
         raise InvalidPromptError("segment the structure on one slice first (a box works best), then propagate.")
-    seeds = {z: decoder_prompt(segmenter, r.prompt) for z, r in obj.slices if r.prompt.box is not None and r.area_px > 0}
+    seeds = {}
+    for z, r in obj.slices:
+        if r.area_px == 0:
+            continue
+        if r.prompt.box is not None:
+            seeds[z] = decoder_prompt(segmenter, r.prompt)
+        else:  # clicks the click decoder answered: propagation carries boxes, so their mask's box seeds it
+            ys, xs = np.nonzero(r.mask)
+            seeds[z] = PromptSet.from_box(float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()), label=r.prompt.label)
     if not seeds:
-        raise InvalidPromptError("propagation starts from a slice whose mask came from a box prompt; draw a box on one slice.")
+        raise InvalidPromptError("propagation starts from a slice with a mask; segment the structure on one slice first.")
     return seeds
 
 

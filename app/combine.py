@@ -142,6 +142,7 @@ def fuse_inputs(segmenter, embedding, image01: np.ndarray, inputs: Sequence[Prom
         prompt = replace(framed, points=fused.points, label=fused.label)
         notes += [n for n in framed.notes]
     elif prompt.mask_input is None and previous_logits is not None and previous_prompt is not None \
+            and prompt.box is not None and previous_prompt.box is not None \
             and _box_iou(prompt.box, previous_prompt.box) >= SAME_BOX_IOU and not box_trained(segmenter):
         prompt = prompt.with_mask_input(previous_logits)
         notes.append("the previous mask went along as the mask prompt (same box)")

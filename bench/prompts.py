@@ -7,7 +7,8 @@
 Modes (same cases, same embeddings, same run):
   box            tight bounding box (the reference)
   box_j          each edge jittered by U(-10 %, +10 %)
-  click1         one click (deepest interior point + N(0, 2 px)) -> box proposals (prompting/clicks)
+  click1         one click (deepest interior point + N(0, 2 px)) -> the click decoder's reading or box
+                 proposals (prompting.clicks.propose_from_points)
   click3         click1 + 2 corrections, each at the largest error region (positive/negative)
   scribble       one foreground stroke (the longest path through the eroded mask's skeleton) -> prompting/scribbles
   box_negscribble  tight box + one background stroke near the border outside the target

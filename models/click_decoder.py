@@ -3,11 +3,13 @@
 LiteMedSAM was trained on boxes, so a click alone decodes to an empty mask and prompting/clicks.py
 turns clicks into box proposals chosen by a learned ranker. A twin of the prompt encoder and mask
 decoder fine-tuned on clicks (bench/train_click_decoder.py, on images disjoint from the benchmarks)
-answers a click directly, in one decode, with SAM's three nested masks. On atlas parcels its answer
-is right more often than the ranker's pick among proposals, on nuclei less often, and its own IoU
-head does not know which of its three masks is the whole organ. So it does not replace the
-proposals: its three masks are evidence the ranker weighs (each proposal's IoU with each of them,
-`prompting.clicks.click_candidates`), learned on the ranker's own training cases.
+answers a click directly, in one decode, with SAM's three nested masks. For a structure large enough
+for the model frame it answers the click itself (`prompting.clicks.read_answer`: the segmenter decodes
+a prompt of clicks alone with it, `SamSegmenter.reads_clicks`): on atlas parcels and the whole brain
+its answer beats the ranker's pick among box proposals. Small structures (nuclei: a few embedding
+cells) and crisp outlines that LiteMedSAM's box decoder draws better still go through the proposals,
+where its three masks are evidence the ranker weighs (each proposal's IoU with each of them,
+`prompting.clicks.click_candidates`).
 
 The checkpoint is bundled (`models/click_decoder.pt`: int8 changes to LiteMedSAM's own decoder weights,
 4.2 MB, masks at IoU >= 0.99 with the float32 twin's). `$CLINSEG_CLICK_DECODER` names
@@ -122,36 +124,38 @@ class ClickDecoder:
         md.requires_grad_(False)
         return cls(pe, md, str(path))
 
-    @torch.inference_mode()
     def read(self, embedding, points: Sequence, transform) -> ClickReading:
         """Points (x, y, positive on the slice grid) against `embedding` -> the three masks on that grid."""
+        low_res, iou = self.read_logits(embedding, points, transform)
+        with torch.inference_mode():
+            masks = transform.logits_to_image(low_res[0][:, None])[:, 0].numpy() > 0
+        return ClickReading(masks, np.asarray(iou[0], np.float64))
+
+    @torch.inference_mode()
+    def read_logits(self, embedding, points: Sequence, transform) -> tuple[torch.Tensor, np.ndarray]:
+        """The same reading in the model frame: low-res logits (1, 3, s, s) and the IoU head's (1, 3)."""
         xy = transform.coords_to_model(np.array([[p.x + 0.5, p.y + 0.5] for p in points], np.float32))[None]
         labels = np.array([[1.0 if p.positive else 0.0 for p in points]], np.float32)
         if self._graph is not None:
             low_res, iou = self._read_openvino(embedding.features, xy, labels)
-            reading = self._to_image(torch.from_numpy(low_res), iou, transform)
+            low_res = torch.from_numpy(np.ascontiguousarray(low_res, np.float32))
             if self._validated:
-                return reading
-            reference = self._read_torch(embedding.features, xy, labels, transform)
-            agreement = min(_iou(a, b) for a, b in zip(reading.masks, reference.masks))
+                return low_res, np.asarray(iou)
+            ref_low, ref_iou = self._read_torch(embedding.features, xy, labels)
+            agreement = min(_iou(a > 0, b > 0) for a, b in zip(low_res[0].numpy(), ref_low[0].numpy()))
             if agreement >= self.MIN_AGREEMENT:
                 self._validated = True
-                return reading
+                return low_res, np.asarray(iou)
             self._graph = None
             self.runtime, self.runtime_note = "torch", f"PyTorch eager (OpenVINO click decoder disagreed: mask IoU {agreement:.3f})"
-            return reference
-        return self._read_torch(embedding.features, xy, labels, transform)
+            return ref_low, ref_iou
+        return self._read_torch(embedding.features, xy, labels)
 
-    def _read_torch(self, features: torch.Tensor, xy: np.ndarray, labels: np.ndarray, transform) -> ClickReading:
+    def _read_torch(self, features: torch.Tensor, xy: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         sparse, dense = self.prompt_encoder(points=(torch.from_numpy(xy), torch.from_numpy(labels)), boxes=None, masks=None)
         low_res, iou = self.mask_decoder(image_embeddings=features.float(), image_pe=self.prompt_encoder.get_dense_pe(),
                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
-        return self._to_image(low_res, iou.numpy(), transform)
-
-    @staticmethod
-    def _to_image(low_res: torch.Tensor, iou: np.ndarray, transform) -> ClickReading:
-        masks = transform.logits_to_image(low_res[0][:, None])[:, 0].numpy() > 0
-        return ClickReading(masks, np.asarray(iou[0], np.float64))
+        return low_res, iou.numpy()
 
 
 class _TwinSam:

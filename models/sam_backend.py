@@ -51,6 +51,25 @@ class SamSegmenter:
         # A click-reading twin of the decoder (models/click_decoder.py), set by the registry; None = none.
         self.click_decoder = None
 
+    def reads_clicks(self, prompt: PromptSet) -> bool:
+        """Clicks alone (no box, no previous mask) are decoded by the click decoder when there is one:
+        LiteMedSAM, trained on boxes, gives an empty mask for them (DESIGN.md)."""
+        return (self.click_decoder is not None and prompt.box is None and prompt.mask_input is None
+                and any(p.positive for p in prompt.points))
+
+    def _read_logits(self, embedding: ImageEmbedding, prompts: Sequence[PromptSet], multimask: bool):
+        """decode_logits for click-only prompts: the click decoder's three masks, or the one its IoU head
+        rates best (its outputs are SAM's multimask ones, with no single-mask output to fall back on)."""
+        transform = self.transform_for(embedding.original_size)
+        read = [self.click_decoder.read_logits(embedding, p.points, transform) for p in prompts]
+        low = torch.cat([lo for lo, _ in read])
+        iou = torch.from_numpy(np.concatenate([np.asarray(q, np.float32) for _, q in read]))
+        if multimask:
+            return low, iou
+        k = iou.argmax(1)
+        rows = torch.arange(len(prompts))
+        return low[rows, k][:, None], iou[rows, k][:, None]
+
     def read_clicks(self, embedding: ImageEmbedding, points) -> ClickReading | None:
         """The click decoder's three masks for these points (slice grid), or None without one."""
         if self.click_decoder is None or not any(p.positive for p in points):
@@ -126,6 +145,17 @@ class SamSegmenter:
         for p in prompts:
             p.validate(embedding.original_size)
         prompts = [p.clipped(embedding.original_size) for p in prompts]
+
+        by_twin = [self.reads_clicks(p) for p in prompts]
+        if any(by_twin):
+            if all(by_twin):
+                return self._read_logits(embedding, prompts, multimask)
+            idx_twin = [i for i, t in enumerate(by_twin) if t]
+            idx_rest = [i for i, t in enumerate(by_twin) if not t]
+            l1, q1 = self._read_logits(embedding, [prompts[i] for i in idx_twin], multimask)
+            l2, q2 = self.decode_logits(embedding, [prompts[i] for i in idx_rest], multimask, screening)
+            order = np.argsort(idx_twin + idx_rest)
+            return torch.cat([l1, l2])[order], torch.cat([q1, q2])[order]
 
         has_box = [p.box is not None for p in prompts]
         if any(has_box) and not all(has_box):

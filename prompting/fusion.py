@@ -174,7 +174,9 @@ def fuse_and_propose(segmenter, embedding, image01: np.ndarray, prompts: Sequenc
     from .clicks import propose_from_points
 
     proposed = propose_from_points(segmenter, embedding, image01, fused.points)
-    return replace(proposed, mask_input=fused.mask_input, label=fused.label, notes=fused.notes + proposed.notes)
+    # clicks the click decoder answered stay clicks alone: a mask prompt would send them to the box decoder
+    mask_input = fused.mask_input if proposed.box is not None else None
+    return replace(proposed, mask_input=mask_input, label=fused.label, notes=fused.notes + proposed.notes)
 
 
 def with_negative_points(prompt: PromptSet, points: Sequence[tuple[float, float]], source: PromptSource = PromptSource.CLICK,

@@ -175,13 +175,14 @@ def test_box_undo_redo_accept_and_export_round_trip(app, tmp_path):
 
 def test_click_scribble_and_uncertainty(app):
     open_demo(app)
-    # one positive click in the left putamen region: clicks become a box proposal (prompting.clicks)
+    # one positive click near the left putamen: the click decoder reads it (here the brain around it,
+    # drawn from the box around that reading: prompting.clicks.read_answer)
     set_tool(app, "Click +")
     typed(app, "75 110")
     assert not errors(app), errors(app)
     ws = ws_of(app)
     r = ws.objects[0].result(20)
-    assert r.area_px > 20 and r.prompt.box is not None and r.mask[110, 75]
+    assert r.area_px > 20 and r.mask[110, 75] and any("read by the click decoder" in n for n in r.prompt.notes)
     # a negative click on the mask edge corrects the same object
     set_tool(app, "Click −")
     ys, xs = np.nonzero(r.mask)
@@ -732,16 +733,18 @@ def test_text_box_and_gaze_fuse_with_clicks(segmenter):
     assert r2.fusion and r2.prompt.box.x1 >= 80
 
 
-def test_a_click_is_decoded_from_its_box_alone_as_benchmarked(segmenter):
-    """A single click through the app's path (app.actions): the stored prompt keeps the click and the
-    chosen proposal's logits as evidence, but LiteMedSAM (box-trained) decodes the box alone, the
-    decode bench/prompts.py measures; box + click + previous logits gives another mask."""
+def test_a_click_is_decoded_from_its_box_alone_as_benchmarked(segmenter, monkeypatch):
+    """A single click through the app's path (app.actions) by box proposals (without a click decoder, as
+    for a small structure): the stored prompt keeps the click and the chosen proposal's logits as
+    evidence, but LiteMedSAM (box-trained) decodes the box alone, the decode bench/prompts.py measures;
+    box + click + previous logits gives another mask."""
     from app import actions
     from app.prompts import DrawnPrompt
     from app.state import Workstation, open_study
     from app.views.study import DEMO, load_study
     from prompting.promptset import PromptSet
 
+    monkeypatch.setattr(segmenter, "click_decoder", None)
     ws = Workstation()
     open_study(ws, load_study(DEMO, "demo", "demo"))
     r = actions.apply_drawn(ws, segmenter, DrawnPrompt("click", True, ((68.0, 126.0),)))
@@ -757,6 +760,32 @@ def test_a_click_is_decoded_from_its_box_alone_as_benchmarked(segmenter):
     seeds = actions.propagation_seeds(ws, segmenter)
     assert list(seeds) == [ws.slice_index] and seeds[ws.slice_index].box == b
     assert seeds[ws.slice_index].points == () and seeds[ws.slice_index].mask_input is None
+
+
+def test_a_click_the_click_decoder_answers_through_the_app(segmenter):
+    """The left putamen clicked (app.actions): the click decoder's reading is the result (no box), a
+    second click is read with the first, Sharpen keeps it and says why, and 3-D propagation starts from
+    the box around the mask."""
+    from app import actions
+    from app.prompts import DrawnPrompt
+    from app.state import Workstation, open_study
+    from app.views.study import DEMO, load_study
+    from prompting.promptset import PromptSet
+
+    ws = Workstation()
+    open_study(ws, load_study(DEMO, "demo", "demo"))
+    r = actions.apply_drawn(ws, segmenter, DrawnPrompt("click", True, ((68.0, 126.0),)))
+    assert r.prompt.box is None and any("read by the click decoder" in n for n in r.prompt.notes), r.prompt.notes
+    emb = segmenter.embed(actions.slice_session(ws).image01)
+    assert np.array_equal(r.mask, segmenter.decode(emb, PromptSet(points=r.prompt.points)).mask) and r.mask[126, 68]
+    kept, why = actions.sharpen(ws, segmenter)
+    assert kept is None and why.startswith("kept the current mask: the click decoder read"), why
+    ys, xs = np.nonzero(r.mask)
+    seeds = actions.propagation_seeds(ws, segmenter)
+    b = seeds[ws.slice_index].box
+    assert (b.x0, b.y0, b.x1, b.y1) == (xs.min(), ys.min(), xs.max(), ys.max())
+    r2 = actions.apply_drawn(ws, segmenter, DrawnPrompt("click", False, ((60.0, 140.0),)))
+    assert [p.positive for p in r2.prompt.points] == [True, False] and r2.area_px > 0 and not r2.mask[140, 60]
 
 
 def test_sharpen_replaces_a_small_mask_by_the_zoomed_decode_and_undo_reverts_it(segmenter):
@@ -815,9 +844,12 @@ def test_sharpen_reads_a_stroke_again_on_the_zoomed_crop(segmenter):
     assert np.array_equal(ws.active_object.result(ws.slice_index).mask, first.mask)
 
 
-def test_sharpen_reads_clicks_again_on_the_zoomed_crop(segmenter):
-    """Sharpen on a result of one click (models.reading_zoom.sharpen_clicks): the click is read again on
-    the whole slice and the crop; a crop proposal won here and replaced the result (undo reverts it)."""
+def test_sharpen_reads_clicks_again_on_the_zoomed_crop(segmenter, monkeypatch):
+    """Sharpen on a result of one click by box proposals (models.reading_zoom.sharpen_clicks): the click
+    is read again on the whole slice and the crop; a crop proposal won here and replaced the result
+    (undo reverts it). Every click on this slice's parcels is answered by the click decoder (Sharpen
+    then keeps it: test_a_click_the_click_decoder_answers_through_the_app), so the proposals are
+    reached as without one."""
     from app import actions
     from app.prompts import DrawnPrompt
     from app.state import Workstation, open_study, undo
@@ -825,11 +857,11 @@ def test_sharpen_reads_clicks_again_on_the_zoomed_crop(segmenter):
     from bench import simulated_users as su
     from integrations.loaders import load_volume
 
+    monkeypatch.setattr(segmenter, "click_decoder", None)
     ws = Workstation()
     open_study(ws, load_study(DEMO, "demo", "demo"))
-    # AAL region 32 (129 px on this slice): one where a crop proposal wins (on region 29 since the click
-    # decoder's opinion a whole-slice proposal wins, and the box's gated zoom sharpens instead)
-    truth = load_volume(ROOT / "app" / "demo" / "colin27_demo_aal.nii.gz").voxels[ws.slice_index] == 32
+    # AAL region 10 (249 px on this slice): one where a crop proposal wins
+    truth = load_volume(ROOT / "app" / "demo" / "colin27_demo_aal.nii.gz").voxels[ws.slice_index] == 10
     c = su.click(truth, np.random.default_rng(0))
     first = actions.apply_drawn(ws, segmenter, DrawnPrompt("click", True, ((round(c.x), round(c.y)),)))
     r, what = actions.sharpen(ws, segmenter)

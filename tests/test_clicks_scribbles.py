@@ -56,10 +56,13 @@ def test_one_click_becomes_a_box_and_keeps_the_click(segmenter, disc):
     assert dice(segmenter.decode(emb, ps).mask, mask) > 0.9
 
 
-def test_click_alone_is_not_enough_for_litemedsam(segmenter, disc):
-    """Why clicks become boxes: the same click without a box is far worse (DESIGN.md)."""
+def test_click_alone_is_not_enough_for_litemedsam(segmenter, disc, monkeypatch):
+    """Why clicks become boxes: the same click without a box is far worse for LiteMedSAM's own decoder
+    (DESIGN.md; with the click decoder, tests/test_click_answer.py)."""
     img, mask, emb = disc
-    alone = segmenter.decode(emb, PromptSet(points=(Point(118.0, 103.0),)))
+    with monkeypatch.context() as m:
+        m.setattr(segmenter, "click_decoder", None)
+        alone = segmenter.decode(emb, PromptSet(points=(Point(118.0, 103.0),)))
     boxed = segmenter.decode(emb, propose_from_points(segmenter, emb, img, [Point(118.0, 103.0)]))
     assert dice(boxed.mask, mask) > dice(alone.mask, mask) + 0.2
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.train_click_decoder import (click_answer, click_loss, click_modules, correction_click, depth, first_click,
-                                       model_frame_mask, train_steps)
+from bench.train_click_decoder import (click_answer, click_loss, click_modules, correction_click, depth, embed_cases,
+                                       embed_packed, first_click, model_frame_mask, pack_cases, synthetic_cases,
+                                       train_steps)
 from integrations.metrics import dice
 from prompting.promptset import Point
 
@@ -73,3 +74,18 @@ def test_the_twin_trains_even_when_the_segmenter_s_modules_are_frozen(segmenter)
             for p, f in zip(m.parameters(), fs):
                 p.requires_grad_(f)
     assert all(p.requires_grad for p in list(pe.parameters()) + list(md.parameters()))
+
+
+def test_packed_images_embed_where_training_runs_as_the_segmenter_does(segmenter):
+    """`build --images-only`: uint8 model inputs and packed masks, embedded later on the training device;
+    the features match the segmenter's own within the uint8 rounding, the masks exactly."""
+    cases = synthetic_cases(2, seed=3)
+    assert cases and all(c.mask.sum() >= 30 for c in cases) and {c.group for c in cases} == {"synthetic0", "synthetic1"}
+    packed = pack_cases(segmenter, cases)
+    assert all("features" not in d and "masks" not in d for d in packed)
+    embed_packed(segmenter, packed, "cpu")
+    direct = embed_cases(segmenter, cases)
+    for a, b in zip(packed, direct):
+        assert a["group"] == b["group"] and a["names"] == b["names"] and np.array_equal(a["masks"], b["masks"])
+        fa, fb = a["features"].float(), b["features"].float()
+        assert torch.nn.functional.cosine_similarity(fa.flatten(), fb.flatten(), dim=0) > 0.99
