@@ -87,6 +87,7 @@ def clinseg_segmenters():
     ONNX first if it was never exported (what `clinseg export-onnx` does), so the default is what a
     user who followed the docs gets (OpenVINO's encoder where it validates)."""
     from models import onnx_export as ox
+    from models.click_decoder import click_decoder_for
     from models.registry import build_segmenter
     from models.runtime import attach_runtime
     from models.sam_backend import SamSegmenter
@@ -98,6 +99,10 @@ def clinseg_segmenters():
         print("no ONNX export yet: exporting (as `clinseg export-onnx` would)")
         ox.export_onnx(eager)
         rep = attach_runtime(default, "auto", threads=THREADS)
+    # the click decoder as models.registry.build_segmenter gives it (on OpenVINO with OpenVINO's decoder)
+    default.click_decoder = click_decoder_for(eager.sam, eager.name)
+    if default.click_decoder is not None and rep.decoder_runtime == "openvino":
+        default.click_decoder.use_openvino(THREADS)
     onnx = SamSegmenter(eager.name, eager.sam, eager.preprocessing, version=eager.version)
     attach_runtime(onnx, "onnx", threads=THREADS)
     return eager, onnx, default
