@@ -472,7 +472,7 @@ def read_answer(segmenter, embedding, points: Sequence[Point], cfg: ClickConfig 
     if area < cfg.read_min_area:
         return None
     n_pos = sum(p.positive for p in points)
-    read = (f"{n_pos} positive / {len(points) - n_pos} negative click(s) read by the click decoder (the mask of "
+    said = (f"{n_pos} positive / {len(points) - n_pos} negative click(s) read by the click decoder (the mask of "
             f"its three it rates best: IoU {float(reading.iou[k]):.2f}, {int(reading.masks[k].sum())} px)")
     if cfg.read_box_iou is not None:
         b = _with_margin(_mask_box(reading.masks[k]), cfg.refine_margin, (h, w))
@@ -480,9 +480,9 @@ def read_answer(segmenter, embedding, points: Sequence[Point], cfg: ClickConfig 
         if check.predicted_iou >= cfg.read_box_iou:
             box = Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), _source_of(points), float(check.predicted_iou))
             return PromptSet(points=points, box=box, mask_input=check.low_res_logits).with_note(
-                f"{read}; LiteMedSAM draws the box around it, ({b[0]:.0f}, {b[1]:.0f}, {b[2]:.0f}, {b[3]:.0f}), "
+                f"{said}; LiteMedSAM draws the box around it, ({b[0]:.0f}, {b[1]:.0f}, {b[2]:.0f}, {b[3]:.0f}), "
                 f"with IoU {check.predicted_iou:.2f}: that box is the prompt")
-    return PromptSet(points=points).with_note(read)
+    return PromptSet(points=points).with_note(said)
 
 
 def propose_from_points(segmenter, embedding, image01: np.ndarray, points: Sequence[Point],
