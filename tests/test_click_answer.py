@@ -133,3 +133,18 @@ def test_fused_clicks_read_by_the_decoder_drop_a_mask_prompt(segmenter, demo_sli
     fused = fuse_and_propose(segmenter, emb, img, inputs)
     assert fused.box is None and fused.mask_input is None and segmenter.reads_clicks(fused)
     assert segmenter.decode(emb, fused).mask[126, 68]
+
+
+def test_a_click_is_read_once_to_answer_and_to_decode(segmenter, demo_slice, monkeypatch):
+    img, click = demo_slice
+    emb = segmenter.embed(img)
+    twin = segmenter.click_decoder
+    calls = []
+    real = twin._read_logits
+    monkeypatch.setattr(twin, "_read_logits", lambda *a: calls.append(1) or real(*a))
+    moved = replace(click, x=click.x + 1)  # not the clicks of the test before: a fresh reading
+    ps = propose_from_points(segmenter, emb, img, [moved])
+    seg = segmenter.decode(emb, ps)
+    assert len(calls) == 1 and seg.mask.any()
+    segmenter.decode(emb, PromptSet(points=(click,)))  # other clicks: read again
+    assert len(calls) == 2
