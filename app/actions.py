@@ -167,9 +167,10 @@ def sharpen(ws: Workstation, segmenter) -> tuple[SliceResult | None, str]:
     if previous is None or previous.area_px == 0:
         raise InvalidPromptError("nothing to sharpen on this slice: segment the structure first (box, click or scribble).")
     if previous.prompt.box is None:
-        # clicks the click decoder answered (prompting.clicks.read_answer): only structures large enough
-        # for the whole slice's model frame are answered so, and there a zoom has nothing to add
-        return None, ("kept the current mask: the click decoder read these clicks on the whole slice; it answers only "
+        # clicks or strokes the click decoder answered (prompting.clicks.read_answer): only structures
+        # large enough for the whole slice's model frame are answered so, and there a zoom has nothing to add
+        what = "strokes" if previous.strokes else "clicks"
+        return None, (f"kept the current mask: the click decoder read these {what} on the whole slice; it answers only "
                       "structures large enough to draw there (smaller ones go through box proposals, which Sharpen zooms).")
     session = slice_session(ws)
     shape = session.image01.shape[:2]
@@ -252,7 +253,7 @@ def propagation_seeds(ws: Workstation, segmenter) -> dict[int, PromptSet]:
             continue
         if r.prompt.box is not None:
             seeds[z] = decoder_prompt(segmenter, r.prompt)
-        else:  # clicks the click decoder answered: propagation carries boxes, so their mask's box seeds it
+        else:  # clicks or strokes the click decoder answered: propagation carries boxes, so their mask's box seeds it
             ys, xs = np.nonzero(r.mask)
             seeds[z] = PromptSet.from_box(float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()), label=r.prompt.label)
     if not seeds:

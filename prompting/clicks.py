@@ -447,19 +447,28 @@ def best_box_for_points(segmenter, embedding, image01: np.ndarray | None, points
     return max(cands, key=lambda s: s.score)
 
 
+# A stroke is drawn ON the structure: a reading that leaves out more than this fraction of its pixels
+# (a 3-px stroke grazing the edge loses a few) is not the structure the user marked.
+READ_COVER_SLACK = 0.02
+
+
 def _source_of(points: Sequence[Point]) -> PromptSource:
     pos = [p for p in points if p.positive]
     return pos[0].source if pos else PromptSource.CLICK
 
 
-def read_answer(segmenter, embedding, points: Sequence[Point], cfg: ClickConfig = ClickConfig()) -> PromptSet | None:
-    """Clicks that the segmenter's click decoder answers itself: a PromptSet of the clicks alone (the
-    segmenter decodes such a prompt with its click decoder, `SamSegmenter.reads_clicks`) or, where
-    LiteMedSAM rates its mask for the box around the answer >= `cfg.read_box_iou`, the clicks with that
-    box; None when there is no click decoder, the points are not clicks (gaze has its own reader) or
-    the answer is smaller than `cfg.read_min_area` model-frame pixels."""
+def read_answer(segmenter, embedding, points: Sequence[Point], cfg: ClickConfig = ClickConfig(),
+                must_cover: np.ndarray | None = None) -> PromptSet | None:
+    """Clicks (or points along strokes) that the segmenter's click decoder answers itself: a PromptSet
+    of the points alone (the segmenter decodes such a prompt with its click decoder,
+    `SamSegmenter.reads_clicks`) or, where LiteMedSAM rates its mask for the box around the answer
+    >= `cfg.read_box_iou`, the points with that box. None when there is no click decoder, the points
+    are gaze (gaze has its own reader), the answer is smaller than `cfg.read_min_area` model-frame
+    pixels, or it leaves out more than `READ_COVER_SLACK` of `must_cover` (an (H, W) bool map of
+    pixels the user marked as the structure: the strokes the points were sampled from)."""
     points = tuple(points)
-    if cfg.read_min_area is None or _source_of(points) != PromptSource.CLICK:
+    source = _source_of(points)
+    if cfg.read_min_area is None or source not in (PromptSource.CLICK, PromptSource.SCRIBBLE):
         return None
     read = getattr(segmenter, "read_clicks", None)
     reading = read(embedding, points) if read is not None else None
@@ -471,14 +480,17 @@ def read_answer(segmenter, embedding, points: Sequence[Point], cfg: ClickConfig 
     area = float(reading.masks[k].sum()) * ih * iw / float(h * w)
     if area < cfg.read_min_area:
         return None
+    if must_cover is not None and must_cover.any() and float(reading.masks[k][must_cover].mean()) < 1.0 - READ_COVER_SLACK:
+        return None
     n_pos = sum(p.positive for p in points)
-    said = (f"{n_pos} positive / {len(points) - n_pos} negative click(s) read by the click decoder (the mask of "
+    what = "click(s)" if source == PromptSource.CLICK else "point(s) along the strokes"
+    said = (f"{n_pos} positive / {len(points) - n_pos} negative {what} read by the click decoder (the mask of "
             f"its three it rates best: IoU {float(reading.iou[k]):.2f}, {int(reading.masks[k].sum())} px)")
     if cfg.read_box_iou is not None:
         b = _with_margin(_mask_box(reading.masks[k]), cfg.refine_margin, (h, w))
         check = segmenter.decode(embedding, PromptSet.from_box(*(float(v) for v in b)))
         if check.predicted_iou >= cfg.read_box_iou:
-            box = Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), _source_of(points), float(check.predicted_iou))
+            box = Box(float(b[0]), float(b[1]), float(b[2]), float(b[3]), source, float(check.predicted_iou))
             return PromptSet(points=points, box=box, mask_input=check.low_res_logits).with_note(
                 f"{said}; LiteMedSAM draws the box around it, ({b[0]:.0f}, {b[1]:.0f}, {b[2]:.0f}, {b[3]:.0f}), "
                 f"with IoU {check.predicted_iou:.2f}: that box is the prompt")

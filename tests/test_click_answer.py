@@ -1,5 +1,6 @@
-"""Clicks the click decoder answers itself (prompting.clicks.read_answer, SamSegmenter.reads_clicks):
-one decode for a structure large enough for the model frame, the box proposals for a small one."""
+"""Clicks (and strokes on a large structure) the click decoder answers itself
+(prompting.clicks.read_answer, SamSegmenter.reads_clicks): one decode for a structure large enough
+for the model frame, the box proposals for a small one."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -12,6 +13,7 @@ from models.uncertainty import segment_with_uncertainty
 from prompting.clicks import ClickConfig, correct_with_click, propose_from_points, read_answer
 from prompting.fusion import fuse_and_propose
 from prompting.promptset import Point, PromptSet, PromptSource
+from prompting.scribbles import Scribble, ScribbleConfig, propose_from_scribbles, sample_along
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -148,3 +150,52 @@ def test_a_click_is_read_once_to_answer_and_to_decode(segmenter, demo_slice, mon
     assert len(calls) == 1 and seg.mask.any()
     segmenter.decode(emb, PromptSet(points=(click,)))  # other clicks: read again
     assert len(calls) == 2
+
+
+STROKE = Scribble.of([[95, 100], [120, 96], [145, 104]], width=3)  # across the middle of the 40-px disc
+
+
+def test_a_stroke_across_a_large_structure_is_answered_by_the_click_decoder(segmenter, disc_image):
+    img, mask = disc_image
+    emb = segmenter.embed(img)
+    # the reading alone: five points along the stroke, decoded by the click decoder
+    read = propose_from_scribbles(segmenter, emb, [STROKE], cfg=ScribbleConfig(click=READ_ONLY), image01=img)
+    assert read.box is None and segmenter.reads_clicks(read)
+    assert len(read.points) == 5 and all(p.positive and p.source is PromptSource.SCRIBBLE for p in read.points)
+    assert "along the strokes read by the click decoder" in read.notes[0] and "answered by the click decoder" in read.notes[-1]
+    shown = segmenter.decode(emb, read).mask
+    assert dice(shown, mask) > 0.8 and shown[100, 95] and shown[104, 145]
+    # the disc's outline is crisp: LiteMedSAM's box around the reading is the prompt
+    ps = propose_from_scribbles(segmenter, emb, [STROKE], image01=img)
+    assert ps.box is not None and ps.box.source is PromptSource.SCRIBBLE and "that box is the prompt" in ps.notes[0]
+    assert dice(segmenter.decode(emb, ps).mask, mask) > 0.9
+
+
+def test_strokes_the_reading_would_leave_out_or_a_small_answer_go_to_the_box_proposals(segmenter, disc_image):
+    img, mask = disc_image
+    emb = segmenter.embed(img)
+    points = sample_along(STROKE, 5)
+    assert read_answer(segmenter, emb, points, READ_ONLY) is not None
+    elsewhere = np.zeros(mask.shape, bool)
+    elsewhere[5:8, 5:60] = True  # a "stroke" the disc does not contain
+    assert read_answer(segmenter, emb, points, READ_ONLY, must_cover=elsewhere) is None
+    # the disc's reading covers ~5,700 px of the model frame: under an 8,000-px rule, or with the rule
+    # off, the strokes' box proposals answer
+    for cfg in (ScribbleConfig(read_min_area=8_000), ScribbleConfig(read_min_area=None)):
+        ps = propose_from_scribbles(segmenter, emb, [STROKE], cfg=cfg, image01=img)
+        assert ps.box is not None and "chosen among" in ps.notes[-1] and len(ps.points) == 3
+        assert dice(segmenter.decode(emb, ps).mask, mask) > 0.9
+    # a background stroke too: the proposals that keep it out (not measured for the reading)
+    bg = Scribble.of([[20, 20], [40, 20]], width=3, positive=False)
+    assert "chosen among" in propose_from_scribbles(segmenter, emb, [STROKE, bg], image01=img).notes[-1]
+
+
+def test_a_click_after_a_read_stroke_is_read_with_the_strokes_points(segmenter, disc_image):
+    img, mask = disc_image
+    emb = segmenter.embed(img)
+    read = propose_from_scribbles(segmenter, emb, [STROKE], cfg=ScribbleConfig(click=READ_ONLY), image01=img)
+    shown = segmenter.decode(emb, read).mask
+    nxt = correct_with_click(segmenter, emb, read, None, Point(30, 30, False), READ_ONLY, previous_mask=shown)
+    assert nxt.box is None and len(nxt.points) == 6 and "5 positive / 1 negative point(s) along the strokes" in nxt.notes[-1]
+    answer = segmenter.decode(emb, nxt).mask
+    assert answer[100, 120] and not answer[30, 30] and dice(answer, mask) > 0.8

@@ -11,7 +11,7 @@ from integrations.metrics import dice
 from prompting.clicks import (apply_click_edits, check_points, correct_with_click, correction_boxes, decoder_prompt,
                               edge_click_depth, propose_from_points)
 from prompting.promptset import Box, Point, PromptSet, PromptSource
-from prompting.scribbles import (Scribble, check_scribble, mask_prompt, propose_from_scribbles, rasterize,
+from prompting.scribbles import (Scribble, ScribbleConfig, check_scribble, mask_prompt, propose_from_scribbles, rasterize,
                                  remove_negative, sample_along)
 
 
@@ -142,7 +142,10 @@ def test_bad_scribbles_are_rejected(s, words):
 
 def test_foreground_scribble_segments_the_disc(segmenter, disc):
     img, mask, emb = disc
-    ps = propose_from_scribbles(segmenter, emb, [Scribble.of([[100, 100], [120, 95], [140, 105]], width=3)])
+    # the box proposals around the stroke (a disc this large is otherwise the click decoder's to
+    # answer: tests/test_click_answer.py)
+    ps = propose_from_scribbles(segmenter, emb, [Scribble.of([[100, 100], [120, 95], [140, 105]], width=3)],
+                                cfg=ScribbleConfig(read_min_area=None))
     assert ps.box is not None and ps.box.source is PromptSource.SCRIBBLE
     assert len(ps.points) == 3 and all(p.positive for p in ps.points)
     assert dice(segmenter.decode(emb, ps).mask, mask) > 0.9
@@ -448,7 +451,8 @@ def test_click_proposal_with_the_ranker_is_deterministic_and_finds_the_disc(segm
 
 def test_scribble_ranker_uses_the_image_and_finds_the_disc(segmenter, disc):
     img, mask, emb = disc
-    ps = propose_from_scribbles(segmenter, emb, [Scribble.of([[100, 100], [120, 95], [140, 105]], width=3)], image01=img)
+    ps = propose_from_scribbles(segmenter, emb, [Scribble.of([[100, 100], [120, 95], [140, 105]], width=3)], image01=img,
+                                cfg=ScribbleConfig(read_min_area=None))
     assert dice(segmenter.decode(emb, ps).mask, mask) > 0.9
 
 

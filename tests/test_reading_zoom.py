@@ -82,7 +82,10 @@ def test_without_the_learned_choice_zoom_or_with_a_background_stroke_the_whole_s
     big_mask = np.hypot(yy - 100, xx - 120) < 62
     big_image = np.clip(0.1 + 0.8 * big_mask + np.random.default_rng(0).normal(0, 0.02, big_mask.shape), 0, 1).astype(np.float32)
     big_stroke = Scribble.of([(80, 100), (120, 100), (160, 100)])
-    big_prompt = propose_from_scribbles(segmenter, segmenter.embed(big_image), [big_stroke], image01=big_image)
+    # (the box proposals' result: a structure this large is otherwise the click decoder's to answer,
+    # tests/test_click_answer.py, and a reading has no box to zoom)
+    big_prompt = propose_from_scribbles(segmenter, segmenter.embed(big_image), [big_stroke], image01=big_image,
+                                        cfg=ScribbleConfig(read_min_area=None))
     big = sharpen_scribbles(segmenter, big_image, [big_stroke], big_prompt)
     assert big.candidates == 0 and not big.zoomed and _dice(big.segmentation.mask, big_mask) > 0.85
 
