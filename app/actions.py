@@ -358,6 +358,57 @@ def apply_drawn(ws: Workstation, segmenter, drawn: DrawnPrompt) -> SliceResult:
     return run_prompt(ws, segmenter, drawn_to_prompt(ws, segmenter, drawn), inputs=inputs)
 
 
+def preview_click(ws: Workstation, segmenter, drawn: DrawnPrompt, cfg=None):
+    """A first positive click on the active object's slice that the click decoder does not answer
+    outright (its reading covers less than `ClickConfig.read_min_area` of the model frame: a small
+    structure, whose answer takes ~65 box proposals, ~1 s on 2 cores) -> its reading, shown at once.
+
+    Returns None when that does not apply (the click is then `apply_drawn`'s), else (the preview's
+    SliceResult, stored like any result; a function that computes the answer by box proposals, to run
+    off the script thread: it touches nothing of the workstation). `apply_click_refinement` puts that
+    answer in place of the preview if the user has not moved on."""
+    from prompting import clicks
+
+    if drawn.kind != "click" or not drawn.positive or previous_result(ws) is not None:
+        return None
+    if getattr(segmenter, "click_decoder", None) is None:
+        return None
+    cfg = cfg or clicks.ClickConfig()
+    session = slice_session(ws)
+    image01 = session.image01
+    (x, y), = drawn.points
+    point = Point(float(round(x)), float(round(y)), True, PromptSource.CLICK)
+    clicks.check_points((point,), image01.shape[:2])
+    emb = segmenter.embed(image01)
+    if cfg.read_min_area is None or clicks.read_answer(segmenter, emb, (point,), cfg) is not None:
+        return None
+    obj = ws.active_object
+    label = obj.label if obj is not None else ""
+    preview = PromptSet(points=(point,), label=label).with_note(
+        "preview: the click decoder's reading of a small structure; box proposals refine it in the background")
+    from .combine import raw_click
+
+    result = run_prompt(ws, segmenter, preview, inputs=(raw_click(x, y, True),))
+
+    def refine() -> PromptSet:
+        answer = clicks.propose_from_points(segmenter, segmenter.embed(image01), image01, (point,),
+                                            replace(cfg, read_min_area=None))
+        return replace(answer, label=label) if label else answer
+
+    return result, refine
+
+
+def apply_click_refinement(ws: Workstation, segmenter, preview: SliceResult, slice_index: int,
+                           prompt: PromptSet) -> SliceResult | None:
+    """The box proposals' answer to a previewed click (`preview_click`) in place of the preview, when
+    the preview is still what the active object shows on the slice on screen; None (nothing changed)
+    when the user has moved on (another slice, another object, another input)."""
+    obj = ws.active_object
+    if obj is None or ws.slice_index != slice_index or obj.result(slice_index) is not preview:
+        return None
+    return run_prompt(ws, segmenter, prompt, inputs=preview.inputs)
+
+
 def apply_gaze(ws: Workstation, segmenter, prompt: PromptSet, segmentation, label: str = "") -> SliceResult:
     """A gaze proposal for the active object: stored as decoded, or fused with the object's other
     inputs on this slice (a click, a box, a text box) when there are any."""

@@ -22,7 +22,10 @@ Measured:
   (`prompting.clicks.propose_from_points` + the decode): a click on a structure large enough for the
   click decoder to answer (one reading, `read_answer`; RESULT click_ms), the same click through the
   box proposals (~65 box decodes + refinement + the ranker: the path before, and the one small
-  structures take; click_proposals_ms);
+  structures take; click_proposals_ms), and the app's first answer to a click on a small structure
+  (`app.actions.preview_click`'s path: the reading, declined by the size rule, decoded as the preview
+  shown while the proposals run in the background; click_preview_ms; the size rule raised to 8,000
+  model-frame px so this click counts as small);
 - volume: `models.precompute.VolumePrecomputer` on the 181 axial slices of Colin27 into a fresh
   on-disk cache (measured; with --volume-slices N < 181, N middle slices, extrapolated to 181 and
   labelled so), and the warm re-open;
@@ -266,12 +269,16 @@ def main() -> None:
     cyc = [ms(segment, default, session, prompt) for _ in range(2 * args.iters)]
     click = Point(100.0, 110.0, True, PromptSource.CLICK, 1.0)
 
-    def click_to_mask():
+    def click_to_mask(c):
         e = default.embed(session.image01)
-        p = clicks.propose_from_points(default, e, session.image01, (click,))
+        p = clicks.propose_from_points(default, e, session.image01, (c,))
         return segment(default, session, clicks.decoder_prompt(default, p))  # what app.actions.run_prompt decodes
 
-    click_ms = [ms(click_to_mask) for _ in range(5)]
+    # a new click each time (1-5 px apart, the same structure): the click decoder keeps its last
+    # reading, which a repeated click would reuse (the app reads a click once to decide how to answer
+    # it and decodes the answer from that reading; a user's next click is another click)
+    shifted = [dataclasses.replace(click, x=click.x + dx) for dx in (1.0, 2.0, 3.0, 4.0, 5.0)]
+    click_ms = [ms(click_to_mask, c) for c in shifted]
     click_path = "read by the click decoder" if clicks.propose_from_points(
         default, default.embed(session.image01), session.image01, (click,)).box is None else "box proposals"
 
@@ -281,6 +288,15 @@ def main() -> None:
         return segment(default, session, clicks.decoder_prompt(default, p))
 
     click_prop_ms = [ms(click_by_proposals) for _ in range(5)]
+    small_rule = clicks.ClickConfig(read_min_area=8000.0)
+
+    def click_preview(c):
+        e = default.embed(session.image01)
+        if clicks.read_answer(default, e, (c,), small_rule) is not None:
+            raise RuntimeError("the preview click was answered outright; raise the size rule")
+        return segment(default, session, clicks.decoder_prompt(default, PromptSet(points=(c,))))
+
+    click_preview_ms = [ms(click_preview, dataclasses.replace(c, y=c.y + 1.0)) for c in shifted]  # not the clicks above
 
     # -- volume: background precompute into a fresh disk cache ------------------------------
     n = min(args.volume_slices, vol.num_slices)
@@ -336,6 +352,7 @@ def main() -> None:
     print(f"{'cycle ms: pipeline.segment, cached':34s} {med(cyc):10.1f}")
     print(f"{'click -> mask ms':34s} {med(click_ms):10.1f}   ({click_path})")
     print(f"{'  the click by box proposals ms':34s} {med(click_prop_ms):10.1f}")
+    print(f"{'  a small structure: first answer ms':34s} {med(click_preview_ms):10.1f}   (the reading as a preview; the proposals' answer follows)")
     print(f"{'volume: %d slices cold s' % n:34s} {cold:10.2f}   -> 181 slices ({volume_label}) {volume_embed_s:.0f} s")
     print(f"{'volume: %d slices warm (disk) s' % n:34s} {warm:10.2f}")
     print(f"{'peak RSS MB (own process)':34s} {peak_mb:10.0f} {'':12s} {peak_ref_mb:10.0f}")
@@ -355,7 +372,7 @@ def main() -> None:
     print(f"RESULT encode_ms={enc_d:.1f} encode_ref_ms={enc_r:.1f} encode_eager_ms={enc_e:.1f} encode_onnx_ms={enc_o:.1f} decode_ms={dec_d:.2f} "
           f"decode_first_ms={med(d_first):.2f} decode_ref_ms={dec_r:.2f} peak_mb={peak_mb:.0f} peak_ref_mb={peak_ref_mb:.0f} cycle_ms={med(cyc):.2f} "
           f"volume_embed_s={volume_embed_s:.1f} dice_delta={dice_delta:.4f} click_ms={med(click_ms):.1f} "
-          f"click_proposals_ms={med(click_prop_ms):.1f}{extra}")
+          f"click_proposals_ms={med(click_prop_ms):.1f} click_preview_ms={med(click_preview_ms):.1f}{extra}")
 
 
 if __name__ == "__main__":

@@ -788,6 +788,65 @@ def test_a_click_the_click_decoder_answers_through_the_app(segmenter):
     assert [p.positive for p in r2.prompt.points] == [True, False] and r2.area_px > 0 and not r2.mask[140, 60]
 
 
+SMALL_RULE = 8_000  # model-frame px: makes the putamen (~1,000 px read) a "small structure" for these tests
+
+
+def test_a_click_on_a_small_structure_is_previewed_then_answered_by_the_proposals(segmenter):
+    """A first click whose reading is under the size rule (app.actions.preview_click): the click
+    decoder's reading is shown at once, the box proposals' answer (computed off the script thread in
+    the app) replaces it while it is still what the object shows, and never after the user moved on."""
+    from app import actions
+    from app.prompts import DrawnPrompt
+    from app.state import Workstation, open_study, undo
+    from app.views.study import DEMO, load_study
+    from prompting.clicks import ClickConfig
+
+    ws = Workstation()
+    open_study(ws, load_study(DEMO, "demo", "demo"))
+    small = ClickConfig(read_min_area=SMALL_RULE)
+    click = DrawnPrompt("click", True, ((68.0, 126.0),))
+    assert actions.preview_click(ws, segmenter, click) is None  # the default rule answers the putamen outright
+    assert actions.preview_click(ws, segmenter, DrawnPrompt("click", False, ((68.0, 126.0),)), small) is None
+    preview, refine = actions.preview_click(ws, segmenter, click, small)
+    assert preview.prompt.box is None and preview.mask[126, 68] and "preview" in preview.notes[-1]
+    assert ws.active_object.result(ws.slice_index) is preview
+    assert actions.preview_click(ws, segmenter, click, small) is None  # not a first click any more
+    answer = refine()
+    assert answer.box is not None and "chosen among proposals" in answer.notes[-1]
+    refined = actions.apply_click_refinement(ws, segmenter, preview, ws.slice_index, answer)
+    assert refined is not None and ws.active_object.result(ws.slice_index) is refined and refined.mask[126, 68]
+    assert refined.inputs == preview.inputs
+    undo(ws)  # one step back: the preview
+    assert ws.active_object.result(ws.slice_index) is preview
+    # the user moved on: another slice on screen, or another result on this one -> nothing changes
+    ws.slice_index += 1
+    assert actions.apply_click_refinement(ws, segmenter, preview, ws.slice_index - 1, answer) is None
+    ws.slice_index -= 1
+    actions.apply_drawn(ws, segmenter, DrawnPrompt("click", False, ((60.0, 140.0),)))
+    assert actions.apply_click_refinement(ws, segmenter, preview, ws.slice_index, answer) is None
+
+
+def test_a_previewed_click_is_refined_in_the_background_through_the_app(app, monkeypatch):
+    from functools import partial
+
+    from app import actions
+    from prompting.clicks import ClickConfig
+
+    monkeypatch.setattr(actions, "preview_click", partial(actions.preview_click, cfg=ClickConfig(read_min_area=SMALL_RULE)))
+    open_demo(app)
+    set_tool(app, "Click +")
+    typed(app, "68 126")
+    assert not errors(app), errors(app)
+    ws = ws_of(app)
+    first = ws.objects[0].result(20)
+    assert first.prompt.box is None and first.mask[126, 68]
+    assert ws.jobs[-1].kind == "click" and ws.jobs[-1].payload["preview"] is first
+    at = _wait_jobs(app)
+    r = ws_of(at).objects[0].result(20)
+    assert r is not first and r.prompt.box is not None and r.mask[126, 68]
+    assert any(m.startswith("Click refined by box proposals") for m in successes(at)), successes(at)
+
+
 def test_sharpen_replaces_a_small_mask_by_the_zoomed_decode_and_undo_reverts_it(segmenter):
     """The app's "Sharpen" (app.actions.sharpen): the one-shot path's zoomed re-encode for the active
     object's box, stored only when rated clearly better; refused, with the reason, without a

@@ -68,6 +68,13 @@ def apply_finished(ws: Workstation) -> bool:
 
             apply_gaze(ws, job, result)
             changed = True
+        elif job.kind == "click" and job.payload.get("study") == id(ws.study):
+            refined = actions.apply_click_refinement(ws, get_segmenter(), job.payload["preview"], job.payload["slice"], result)
+            if refined is not None:
+                ws.messages.append(("success", f"Click refined by box proposals: {refined.area_px} px "
+                                               f"(predicted IoU {refined.predicted_iou:.2f})."))
+                ws.canvas_nonce += 1
+                changed = True
         elif job.kind == "embed":
             ws.messages.append(("success", f"All {result} slices encoded: prompts on any slice now only decode."))
             changed = True
@@ -89,7 +96,7 @@ def render_jobs(ws: Workstation) -> None:
     if apply_finished(ws):
         st.rerun()
     st.subheader("Volume")
-    busy = any(j.running for j in ws.jobs)
+    busy = any(j.running for j in ws.jobs if j.kind != "click")  # a click's refinement takes ~1 s
     c = st.columns(2)
     if c[0].button("Encode all slices", key="embed_volume", icon=":material/memory:", disabled=busy,
                    help="Runs in the background; later prompts on any slice then take milliseconds."):

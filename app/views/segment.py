@@ -57,6 +57,24 @@ def after_prompt(ws: Workstation, result) -> None:
     ws.canvas_nonce += 1
 
 
+def segment_drawn(ws: Workstation, drawn) -> None:
+    """One drawn or typed prompt -> the active object's result. A first click on a small structure
+    shows the click decoder's reading at once and its box proposals' answer when they are done
+    (a background job, `actions.preview_click`); everything else is answered here."""
+    seg = get_segmenter()
+    previewed = actions.preview_click(ws, seg, drawn)
+    if previewed is None:
+        after_prompt(ws, actions.apply_drawn(ws, seg, drawn))
+        return
+    from ..jobs import start_job
+
+    result, refine = previewed
+    after_prompt(ws, result)
+    flash(ws, "info", "A small structure: this is the click decoder's first reading; box proposals refine it in a moment.")
+    ws.jobs.append(start_job("Refining the click", "click", lambda job: refine(),
+                             {"study": id(ws.study), "slice": ws.slice_index, "preview": result}))
+
+
 def render_canvas(ws: Workstation, tool: str, shown: np.ndarray, vp) -> None:
     """The drawing canvas over the image; each finished shape becomes one prompt."""
     try:
@@ -79,7 +97,7 @@ def render_canvas(ws: Workstation, tool: str, shown: np.ndarray, vp) -> None:
         return
     ok = False
     with guarded(f"segment with the {tool.lower()} prompt"):
-        after_prompt(ws, actions.apply_drawn(ws, get_segmenter(), drawn))
+        segment_drawn(ws, drawn)
         ok = True
     if not ok:
         ws.canvas_nonce += 1  # drop the bad shape so the next one starts clean
@@ -96,7 +114,7 @@ def render_typed(ws: Workstation, tool: str) -> None:
         if st.form_submit_button("Apply", icon=":material/check:"):
             with guarded(f"segment with the typed {kind}"):
                 drawn = parse_coordinates(text, kind, positive)
-                after_prompt(ws, actions.apply_drawn(ws, get_segmenter(), drawn))
+                segment_drawn(ws, drawn)
                 st.rerun()
 
 
