@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from prompting.promptset import Point, PromptSet, PromptSource
 from .pipeline import SliceSession
 from .prompts import DrawnPrompt
 from .state import SliceResult, Workstation, store_result, target_object
+
+if TYPE_CHECKING:
+    from prompting.clicks import ClickConfig
 
 log = logging.getLogger("clinseg.app")
 
@@ -358,7 +362,7 @@ def apply_drawn(ws: Workstation, segmenter, drawn: DrawnPrompt) -> SliceResult:
     return run_prompt(ws, segmenter, drawn_to_prompt(ws, segmenter, drawn), inputs=inputs)
 
 
-def preview_click(ws: Workstation, segmenter, drawn: DrawnPrompt, cfg=None):
+def preview_click(ws: Workstation, segmenter, drawn: DrawnPrompt, cfg: ClickConfig | None = None):
     """A first positive click on the active object's slice that the click decoder does not answer
     outright (its reading covers less than `ClickConfig.read_min_area` of the model frame: a small
     structure, whose answer takes ~65 box proposals, ~1 s on 2 cores) -> its reading, shown at once.
