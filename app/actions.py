@@ -384,7 +384,8 @@ def preview_click(ws: Workstation, segmenter, drawn: DrawnPrompt, cfg: ClickConf
     point = Point(float(round(x)), float(round(y)), True, PromptSource.CLICK)
     clicks.check_points((point,), image01.shape[:2])
     emb = segmenter.embed(image01)
-    if cfg.read_min_area is None or clicks.read_answer(segmenter, emb, (point,), cfg) is not None:
+    # answered outright (apply_drawn then answers it from the same reading, kept by the click decoder)
+    if cfg.read_min_area is None or clicks.answered_reading(segmenter, emb, (point,), cfg) is not None:
         return None
     obj = ws.active_object
     label = obj.label if obj is not None else ""

@@ -292,7 +292,7 @@ def main() -> None:
 
     def click_preview(c):
         e = default.embed(session.image01)
-        if clicks.read_answer(default, e, (c,), small_rule) is not None:
+        if clicks.answered_reading(default, e, (c,), small_rule) is not None:
             raise RuntimeError("the preview click was answered outright; raise the size rule")
         return segment(default, session, clicks.decoder_prompt(default, PromptSet(points=(c,))))
 

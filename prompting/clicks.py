@@ -457,18 +457,13 @@ def _source_of(points: Sequence[Point]) -> PromptSource:
     return pos[0].source if pos else PromptSource.CLICK
 
 
-def read_answer(segmenter, embedding, points: Sequence[Point], cfg: ClickConfig = ClickConfig(),
-                must_cover: np.ndarray | None = None) -> PromptSet | None:
-    """Clicks (or points along strokes) that the segmenter's click decoder answers itself: a PromptSet
-    of the points alone (the segmenter decodes such a prompt with its click decoder,
-    `SamSegmenter.reads_clicks`) or, where LiteMedSAM rates its mask for the box around the answer
-    >= `cfg.read_box_iou`, the points with that box. None when there is no click decoder, the points
-    are gaze (gaze has its own reader), the answer is smaller than `cfg.read_min_area` model-frame
-    pixels, or it leaves out more than `READ_COVER_SLACK` of `must_cover` (an (H, W) bool map of
-    pixels the user marked as the structure: the strokes the points were sampled from)."""
+def answered_reading(segmenter, embedding, points: Sequence[Point], cfg: ClickConfig = ClickConfig(),
+                     must_cover: np.ndarray | None = None):
+    """(the click decoder's reading of these points, the index of its best mask) when `read_answer`
+    answers with it; None when it does not (see there). Costs one reading (kept by the click decoder,
+    so a `read_answer` after it reads nothing again) and no box decode."""
     points = tuple(points)
-    source = _source_of(points)
-    if cfg.read_min_area is None or source not in (PromptSource.CLICK, PromptSource.SCRIBBLE):
+    if cfg.read_min_area is None or _source_of(points) not in (PromptSource.CLICK, PromptSource.SCRIBBLE):
         return None
     read = getattr(segmenter, "read_clicks", None)
     reading = read(embedding, points) if read is not None else None
@@ -482,6 +477,25 @@ def read_answer(segmenter, embedding, points: Sequence[Point], cfg: ClickConfig 
         return None
     if must_cover is not None and must_cover.any() and float(reading.masks[k][must_cover].mean()) < 1.0 - READ_COVER_SLACK:
         return None
+    return reading, k
+
+
+def read_answer(segmenter, embedding, points: Sequence[Point], cfg: ClickConfig = ClickConfig(),
+                must_cover: np.ndarray | None = None) -> PromptSet | None:
+    """Clicks (or points along strokes) that the segmenter's click decoder answers itself: a PromptSet
+    of the points alone (the segmenter decodes such a prompt with its click decoder,
+    `SamSegmenter.reads_clicks`) or, where LiteMedSAM rates its mask for the box around the answer
+    >= `cfg.read_box_iou`, the points with that box. None when there is no click decoder, the points
+    are gaze (gaze has its own reader), the answer is smaller than `cfg.read_min_area` model-frame
+    pixels, or it leaves out more than `READ_COVER_SLACK` of `must_cover` (an (H, W) bool map of
+    pixels the user marked as the structure: the strokes the points were sampled from)."""
+    points = tuple(points)
+    answered = answered_reading(segmenter, embedding, points, cfg, must_cover)
+    if answered is None:
+        return None
+    reading, k = answered
+    source = _source_of(points)
+    h, w = embedding.original_size
     n_pos = sum(p.positive for p in points)
     what = "click(s)" if source == PromptSource.CLICK else "point(s) along the strokes"
     said = (f"{n_pos} positive / {len(points) - n_pos} negative {what} read by the click decoder (the mask of "
