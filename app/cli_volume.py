@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder for the on-disk embedding cache (a second run on the same study skips the encoder)")
     p.add_argument("--stop-rule", default="learned", choices=("learned", "hand"),
                    help="where the structure ends: the learned stop model (default) or the hand rules alone (docs/volume.md)")
+    p.add_argument("--no-cross-view", action="store_true",
+                   help="keep the propagated slices as they are: no check in the two other views (faster: no extra encodes)")
     p.add_argument("--out", required=True, help="output mask: .nii.gz/.nii/.nrrd (input geometry) or .npy")
     p.set_defaults(func=cmd_segment_3d)
 
@@ -63,6 +65,7 @@ def cmd_segment_3d(args) -> int:
     from integrations.loaders import load_volume
     from integrations.mask_io import write_mask
     from integrations.windowing import WINDOWS
+    from models.cross_view import CrossViewConfig
     from models.propagation import PropagationConfig, propagate
     from models.volume_views import reslice
     from prompting.promptset import PromptSet
@@ -90,7 +93,8 @@ def cmd_segment_3d(args) -> int:
     segmenter = _segmenter(args)
     verbose = bool(getattr(args, "verbose", False))
     res = propagate(segmenter, vol, seeds, view=args.view, window=args.window, label=label,
-                    config=PropagationConfig(stop_rule=args.stop_rule), progress=_progress if verbose else None)
+                    config=PropagationConfig(stop_rule=args.stop_rule, cross_view=None if args.no_cross_view else CrossViewConfig()),
+                    progress=_progress if verbose else None)
     out = write_mask(args.out, vol, res.mask)
     summary = res.summary()
     summary["notes"] = notes + summary["notes"]

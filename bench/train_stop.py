@@ -47,10 +47,11 @@ THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.025), 3)
 
 
 def permissive(cap: int, margin: float = PropagationConfig.box_margin) -> PropagationConfig:
-    """Every hand stop rule off except the area floor ("the object vanished")."""
+    """Every hand stop rule off except the area floor ("the object vanished"); the propagated slices alone
+    (no cross-view refinement: a trace's masks are what the stop rule sees, slice by slice)."""
     return PropagationConfig(box_margin=margin, min_predicted_iou=0.0, min_stability=0.0, min_consistency=0.0, max_growth=math.inf,
                              max_intensity_shift=math.inf, max_anchor_intensity_shift=None, max_slices=cap,
-                             stop_rule="hand")
+                             stop_rule="hand", cross_view=None)
 
 
 def subject(name: str):

@@ -119,6 +119,8 @@ def timing(seg_factory, volume, brain: np.ndarray, estimate: bool, config: Propa
     # Prime the disk cache with every slice this propagation touches (untimed), so "warm" is warm.
     primed = propagate(seg_factory(EmbeddingCache(max_bytes=1 << 30, disk_dir=disk)), volume, prompt, config=config)
     touched = len(primed.slices) + len(primed.stops)  # stopped-at slices were encoded too
+    if primed.cross_view is not None:
+        touched += sum(primed.cross_view.decoded.values())  # slices of the other views
     seg = seg_factory(EmbeddingCache(max_bytes=1 << 30, disk_dir=disk))  # a new process's view: embeddings on disk only
     t0 = time.perf_counter()
     propagate(seg, volume, prompt, config=config)

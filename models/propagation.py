@@ -19,9 +19,11 @@ area floor always applies. The slice that triggers a stop is not part of the res
 The next box is the previous mask's box + a small margin ("mask" rule, the default). Measured worse
 on Colin27 and kept as options (bench/volume.py, docs/volume.md): a box re-inflated by the gap the
 model left inside the anchor's box ("calibrated", damped), the previous logits as a mask prompt
-(LiteMedSAM was trained on boxes only), and zoomed crops for small structures (`zoom`). A prompt given on any slice re-anchors the
-propagation there. Any view (axial, coronal, sagittal) works: the volume is resliced exactly
-(models/volume_views.py) and the 3-D mask goes back to the source grid with its geometry.
+(LiteMedSAM was trained on boxes only), and zoomed crops for small structures (`zoom`). A prompt
+given on any slice re-anchors the propagation there. Finally the two other views check the 3-D mask
+and fill in, within 2 mm of it, what the slice-by-slice boxes missed (models/cross_view.py;
+`cross_view=None` turns this off). Any view (axial, coronal, sagittal) works: the volume is resliced
+exactly (models/volume_views.py) and the 3-D mask goes back to the source grid with its geometry.
 
 Embeddings come from the segmenter's content-keyed cache, so a volume encoded once (by
 `clinseg precompute`, the app's background precomputer, or an earlier run with a disk cache)
@@ -40,6 +42,7 @@ from integrations.volume import Volume
 from integrations.windowing import apply_window, volume_window
 from prompting.promptset import Box, PromptSet, PromptSource
 
+from .cross_view import CrossViewConfig, CrossViewReport, refine_across_views
 from .propagation_stop import LearnedStop, load_stop_model, stop_features
 from .segmentation import ImageEmbedding, Segmentation
 from .volume_views import VolumeView, reslice
@@ -89,6 +92,9 @@ class PropagationConfig:
     # whether a slice is still the structure, the hand rules above only where its inputs fall outside
     # what it was fitted on; "hand": the hand rules alone.
     stop_rule: str = "learned"
+    # After propagating, the two other views check the 3-D mask and fill in what it missed near its
+    # edges (models/cross_view.py). None = the propagated slices alone.
+    cross_view: CrossViewConfig | None = CrossViewConfig()
 
     def describe(self) -> dict:
         return dict(self.__dict__)
@@ -128,6 +134,7 @@ class VolumeSegmentation:
     label: str = ""
     backend: str = ""
     notes: list[str] = field(default_factory=list)
+    cross_view: CrossViewReport | None = None  # what the other views added (None: not asked for)
 
     @property
     def voxel_count(self) -> int:
@@ -143,11 +150,12 @@ class VolumeSegmentation:
 
     @property
     def slice_range(self) -> tuple[int, int] | None:
-        """(first, last) view slice holding the mask."""
-        if not self.slices:
+        """(first, last) slice of the propagation's view holding the mask."""
+        if not self.mask.any():
             return None
-        idx = [s.index for s in self.slices if s.area_px > 0]
-        return (min(idx), max(idx)) if idx else None
+        stack = reslice(self.volume, self.view).to_view(self.mask)
+        held = np.nonzero(stack.reshape(stack.shape[0], -1).any(1))[0]
+        return int(held.min()), int(held.max())
 
     def as_volume(self) -> Volume:
         """The mask as a uint8 Volume with the source geometry (write it with integrations.mask_io)."""
@@ -519,13 +527,18 @@ def propagate(
         if prop.records[z].area_px > 0:
             stack[z] = m
     mask = vv.to_source(stack)
+    refined = None
+    if config.cross_view is not None:
+        mask, refined = refine_across_views(segmenter, volume, mask, bounds, config.cross_view, vv.name, label, progress)
     records = [prop.records[z] for z in sorted(prop.records)]
     result = VolumeSegmentation(mask=mask, volume=volume, view=vv.name, slices=records, stops=prop.stops, label=label,
-                                backend=getattr(segmenter, "version", getattr(segmenter, "name", "")))
+                                backend=getattr(segmenter, "version", getattr(segmenter, "name", "")), cross_view=refined)
     rng = result.slice_range
     if rng is not None:
         result.notes.append(f"{vv.name} slices {rng[0]}..{rng[1]} from {len(seeds)} prompted slice(s); "
                             f"{result.volume_ml:.2f} mL")
+    if refined is not None:
+        result.notes.extend(refined.notes())
     for s in prop.stops:
         if s.direction != 0:
             result.notes.append(f"stopped {'up' if s.direction > 0 else 'down'} at {vv.name} slice {s.index}: {s.reason}")

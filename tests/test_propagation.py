@@ -8,20 +8,12 @@ from integrations.errors import InvalidPromptError
 from integrations.volume import Volume
 from models.propagation import PropagationConfig, propagate, stability_score
 from prompting.promptset import Point, PromptSet
+from tests._shapes import ellipsoid as _ellipsoid
+from tests._shapes import mask_box as _box
 
 NZ, NY, NX = 14, 96, 96
 CZ, RZ = 7, 4.6  # the ellipsoid covers slices 3..11 (|z - 7| <= 4.6)
 TRUE_FIRST, TRUE_LAST = 3, 11
-
-
-def _ellipsoid(shape, centre, radii):
-    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
-    return sum(((g - c) / r) ** 2 for g, c, r in zip((zz, yy, xx), centre, radii)) <= 1.0
-
-
-def _box(mask2d):
-    ys, xs = np.nonzero(mask2d)
-    return xs.min(), ys.min(), xs.max(), ys.max()
 
 
 @pytest.fixture(scope="module")
