@@ -27,6 +27,8 @@ from prompting.promptset import PromptSet
 
 from .volume_views import VIEWS, reslice
 
+# progress(done, total, message): done/total count slices decoded against an upper bound
+# (propagation reports through the same callback).
 ProgressCallback = Callable[[int, int, str], None]
 
 

@@ -42,15 +42,13 @@ from integrations.volume import Volume
 from integrations.windowing import apply_window, volume_window
 from prompting.promptset import Box, PromptSet, PromptSource
 
-from .cross_view import CrossViewConfig, CrossViewReport, refine_across_views
+from .cross_view import CrossViewConfig, CrossViewReport, ProgressCallback, refine_across_views
 from .propagation_stop import LearnedStop, load_stop_model, stop_features
 from .segmentation import ImageEmbedding, Segmentation
-from .volume_views import VolumeView, reslice
+from .volume_views import VolumeView, reslice, slice_axis
 from .zoom import ZoomPolicy, _shift, crop_window
 
 
-# progress(done, total, message): done/total count slices decoded against an upper bound.
-ProgressCallback = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -153,8 +151,8 @@ class VolumeSegmentation:
         """(first, last) slice of the propagation's view holding the mask."""
         if not self.mask.any():
             return None
-        stack = reslice(self.volume, self.view).to_view(self.mask)
-        held = np.nonzero(stack.reshape(stack.shape[0], -1).any(1))[0]
+        axis = slice_axis(self.view)
+        held = np.nonzero(self.mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
         return int(held.min()), int(held.max())
 
     def as_volume(self) -> Volume:

@@ -15,6 +15,8 @@ CLINSEG_CLIP_CHECKPOINT from the environment.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,18 @@ def _force_offline() -> None:
     # Set before transformers/huggingface_hub read them: with these, a missing file is an error, not a download.
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def preload_libraries() -> None:
+    """Import transformers (offline) in the calling thread, before a background thread loads an encoder.
+
+    Its import checks its dependencies' versions through importlib.metadata, which walks sys.path. The
+    app's framework (Streamlit) adds and removes the script's folder on sys.path at every rerun, and a
+    walk in a background thread that overlaps one can skip site-packages: a text query then failed with
+    PackageNotFoundError (once in a clean-clone test run; 258 of 3000 lookups under such churn)."""
+    _force_offline()
+    if importlib.util.find_spec("transformers") is not None:  # without it, MiniLMEncoder says what to install
+        importlib.import_module("transformers")
 
 
 def minilm_path() -> Path:

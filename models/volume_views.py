@@ -30,6 +30,11 @@ _AXES = {
 }
 
 
+def slice_axis(view: str) -> int:
+    """The source array axis ([z, y, x]) along which `view`'s slices are cut (no reslicing needed)."""
+    return 2 - _AXES[check_view(view)][2]
+
+
 class UnknownViewError(ClinsegInputError):
     """A view name other than axial, coronal or sagittal."""
 

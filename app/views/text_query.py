@@ -37,22 +37,11 @@ class LazyTextPrompter:
             return self._prompter
 
 
-def import_text_libraries() -> None:
-    """Import transformers in the calling (script) thread, before any background job needs it.
-
-    Its import checks its dependencies' versions through importlib.metadata, which walks sys.path.
-    Streamlit adds and removes the script's folder on sys.path at every rerun, and a walk in a
-    background thread that overlaps one can skip site-packages: the text query then failed with
-    PackageNotFoundError (once in a clean-clone test run; 258 of 3000 lookups under such churn)."""
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        pass  # the text encoder names the missing package itself when it loads
-
-
 @st.cache_resource(show_spinner=False)
 def text_prompter() -> LazyTextPrompter:
-    import_text_libraries()
+    from models.text_encoder import preload_libraries
+
+    preload_libraries()  # in the script thread: see its docstring
     return LazyTextPrompter()
 
 
