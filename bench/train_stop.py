@@ -18,7 +18,10 @@ fit: gradient-boosted trees (bench/train_ranker.py's TREE_PARAMS) predict each s
 (overlap / mask area). The threshold is chosen by 3-D Dice in 5-fold cross-validation grouped by
 structure name (a region never in its own fold's training set); printed against the hand rules.
 `--check` replays the fitted rule and the hand rules on other traces (the benchmark's) WITHOUT
-choosing anything on them. `--write` bundles the model as models/propagation_stop.json.
+choosing anything on them. `--write` bundles the model as models/propagation_stop.json for traces of
+boxes alone (`collect --decoder box`, the default), models/propagation_stop_prior.json for traces of
+the propagation decoder (`--decoder prior`: the next slice decoded with the previous slice's mask as a
+prior, `PropagationConfig.prior`).
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ import numpy as np  # noqa: E402
 from integrations.windowing import apply_window, volume_window  # noqa: E402
 from models.cache import EmbeddingCache  # noqa: E402
 from models.propagation import PropagationConfig, hand_stop_reason, propagate  # noqa: E402
-from models.propagation_stop import STOP_FEATURES, STOP_MODEL_PATH, stop_features  # noqa: E402
+from models.propagation_stop import STOP_FEATURES, STOP_MODEL_PATH, STOP_MODEL_PRIOR_PATH, stop_features  # noqa: E402
 from models.registry import build_segmenter  # noqa: E402
 
 CACHE = ROOT / ".bench-data" / "embeddings"
@@ -46,12 +49,13 @@ OVERSHOOT = 25  # slices past the true end a trace may run (leaks to learn from)
 THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.025), 3)
 
 
-def permissive(cap: int, margin: float = PropagationConfig.box_margin) -> PropagationConfig:
+def permissive(cap: int, margin: float = PropagationConfig.box_margin, prior: bool = False) -> PropagationConfig:
     """Every hand stop rule off except the area floor ("the object vanished"); the propagated slices alone
-    (no cross-view refinement: a trace's masks are what the stop rule sees, slice by slice)."""
+    (no cross-view refinement: a trace's masks are what the stop rule sees, slice by slice). `prior`:
+    next slices through the propagation decoder, else boxes alone (as in use)."""
     return PropagationConfig(box_margin=margin, min_predicted_iou=0.0, min_stability=0.0, min_consistency=0.0, max_growth=math.inf,
                              max_intensity_shift=math.inf, max_anchor_intensity_shift=None, max_slices=cap,
-                             stop_rule="hand", cross_view=None)
+                             stop_rule="hand", cross_view=None, prior=prior)
 
 
 def subject(name: str):
@@ -81,14 +85,15 @@ def structure_list(which: str, names: dict[int, str]) -> list[str]:
     return [s for s in which.split(",") if s]
 
 
-def trace(seg, volume, truth: np.ndarray, bounds, margin: float = PropagationConfig.box_margin) -> tuple[list[dict], dict]:
+def trace(seg, volume, truth: np.ndarray, bounds, margin: float = PropagationConfig.box_margin,
+          prior: bool = False) -> tuple[list[dict], dict]:
     """Rows for every propagated slice of one structure, and the anchor slice's numbers."""
     from bench.volume import middle_slice, tight_box
 
     z0 = middle_slice(truth)
     zs = np.nonzero(truth.reshape(truth.shape[0], -1).any(1))[0]
     cap = int(max(z0 - zs.min(), zs.max() - z0)) + OVERSHOOT
-    res = propagate(seg, volume, {z0: tight_box(truth[z0])}, window=bounds, config=permissive(cap, margin))
+    res = propagate(seg, volume, {z0: tight_box(truth[z0])}, window=bounds, config=permissive(cap, margin, prior))
     recs = {r.index: r for r in res.slices}
     anchor = recs[z0]
     hand = PropagationConfig()
@@ -102,7 +107,7 @@ def trace(seg, volume, truth: np.ndarray, bounds, margin: float = PropagationCon
             m = res.mask[z]
             img = apply_window(volume.voxels[z], bounds)
             f = stop_features(rec, history, m, img, abs(z - z0) * volume.spacing[2], pixel_mm)
-            reason = hand_stop_reason(hand, rec, history[-1], anchor)
+            reason = hand_stop_reason(hand, rec, history[-1], anchor, decoder_scores=not prior)
             rows.append({**f, "direction": direction, "step": abs(z - z0), "area": int(m.sum()),
                          "inter": int((m & truth[z]).sum()), "truth_area": int(truth[z].sum()),
                          "hand_stop": reason is not None})
@@ -118,13 +123,15 @@ def collect(a) -> None:
     for sname in a.subjects.split(","):
         volume, names, mask_of = subject(sname)
         seg = build_segmenter("litemedsam", cache=EmbeddingCache(max_bytes=1 << 30, disk_dir=CACHE / sname))
+        if a.decoder == "prior" and seg.propagation_decoder is None:
+            raise SystemExit("--decoder prior: this segmenter has no propagation decoder ($CLINSEG_PROPAGATION_DECODER)")
         bounds = volume_window(volume, None)
         for s in structure_list(a.structures, names):
             truth = mask_of(s)
             if truth.reshape(truth.shape[0], -1).sum(1).max() < 10:
                 continue
             t0 = time.perf_counter()
-            rows, anchor = trace(seg, volume, truth, bounds, a.margin)
+            rows, anchor = trace(seg, volume, truth, bounds, a.margin, a.decoder == "prior")
             k = len(cases)
             cases.append({"subject": sname, "structure": s, **anchor})
             for r in rows:
@@ -132,7 +139,7 @@ def collect(a) -> None:
                     out[key].append(k if key == "case" else r[key])
             print(f"{sname:<10} {s:<22} {len(rows):4d} slices  {time.perf_counter() - t0:5.1f} s", flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(a.out, **{k: np.asarray(v) for k, v in out.items()}, cases=json.dumps(cases))
+    np.savez_compressed(a.out, **{k: np.asarray(v) for k, v in out.items()}, cases=json.dumps(cases), decoder=a.decoder)
     print(f"{len(cases)} structures, {len(out['case'])} slices -> {a.out}")
 
 
@@ -140,7 +147,7 @@ def load(paths: str) -> tuple[dict[str, np.ndarray], list[dict]]:
     tables, cases = [], []
     for p in paths.split(","):
         d = np.load(p)
-        t = {k: d[k] for k in d.files if k != "cases"}
+        t = {k: d[k] for k in d.files if k not in ("cases", "decoder")}
         t["case"] = t["case"] + len(cases)
         cases += json.loads(str(d["cases"]))
         tables.append(t)
@@ -226,9 +233,13 @@ def fit(a) -> None:
             print(f"{info['subject']:<10} {info['structure']:<16} " + " ".join(f"{rows[k][c]:17.3f}" for k in rows))
         print(f"{'mean':<27} " + " ".join(f"{np.mean(list(rows[k].values())):17.4f}" for k in rows))
     if a.write:
-        STOP_MODEL_PATH.write_text(json.dumps({"threshold": threshold, "box_margin": a.margin, "trained_on": entry["trained_on"],
-                                               "model": entry}, separators=(",", ":")) + "\n")
-        print(f"wrote {STOP_MODEL_PATH} ({STOP_MODEL_PATH.stat().st_size // 1024} KB)")
+        decoders = {str(np.load(p).get("decoder", "box")) for p in a.data.split(",")}
+        if len(decoders) != 1:
+            raise SystemExit(f"traces of different decoders ({sorted(decoders)}): fit one stop model per decoder")
+        path = STOP_MODEL_PRIOR_PATH if decoders == {"prior"} else STOP_MODEL_PATH
+        path.write_text(json.dumps({"threshold": threshold, "box_margin": a.margin, "decoder": decoders.pop(),
+                                    "trained_on": entry["trained_on"], "model": entry}, separators=(",", ":")) + "\n")
+        print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
 
 
 def main() -> None:
@@ -240,6 +251,9 @@ def main() -> None:
     c.add_argument("--out", required=True)
     c.add_argument("--margin", type=float, default=PropagationConfig.box_margin,
                    help="box margin of the propagated boxes (PropagationConfig.box_margin)")
+    c.add_argument("--decoder", choices=("box", "prior"), default="box",
+                   help="next slices from boxes alone (default, as in use) or through the propagation decoder "
+                        "(PropagationConfig.prior); fit writes the stop model of that decoder")
     f = sub.add_parser("fit")
     f.add_argument("data", help="comma-separated collect outputs")
     f.add_argument("--check", default=None)

@@ -175,11 +175,15 @@ def main() -> None:
     ap.add_argument("--no-query", action="store_true")
     ap.add_argument("--zoom", action="store_true",
                     help="propagation AND the per-slice baseline decode small structures on re-encoded crops (many more encodes)")
+    ap.add_argument("--prior", action="store_true",
+                    help="next slices through the propagation decoder, reading the previous slice's mask (PropagationConfig.prior)")
+    ap.add_argument("--no-cross-view", action="store_true", help="no cross-view refinement")
     ap.add_argument("--structures", default=",".join(STRUCTURES), help="comma-separated subset (AAL names or 'brain')")
     ap.add_argument("--threads", type=int, default=None, help="torch/ONNX threads (default: library default)")
     a = ap.parse_args()
 
-    config = PropagationConfig(zoom=ZoomPolicy() if a.zoom else None)
+    config = PropagationConfig(zoom=ZoomPolicy() if a.zoom else None, prior=a.prior,
+                               cross_view=None if a.no_cross_view else PropagationConfig().cross_view)
     structures = [s for s in a.structures.split(",") if s]
     seg_factory = lambda cache: build_segmenter("litemedsam", cache=cache, num_threads=a.threads)  # noqa: E731
     t1 = load_volume(MRICRON / "ch2.nii.gz")

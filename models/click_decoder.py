@@ -21,8 +21,6 @@ mask agrees with PyTorch's (IoU >= 0.97).
 """
 from __future__ import annotations
 
-import copy
-import pickle
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from integrations.errors import ModelWeightsError
+from .decoder_checkpoint import DELTA_FORMAT, checkpoint_states, configured_checkpoint, load_twin, save_checkpoint  # noqa: F401 (re-exported)
 
 BUNDLED_CHECKPOINT = Path(__file__).with_name("click_decoder.pt")
 CHECKPOINT_ENV = "CLINSEG_CLICK_DECODER"
@@ -112,19 +110,7 @@ class ClickDecoder:
     @classmethod
     def from_checkpoint(cls, sam, path: str | os.PathLike) -> "ClickDecoder":
         """Copies of `sam`'s prompt encoder and mask decoder with the checkpoint's weights (strict)."""
-        path = Path(path).expanduser()
-        if not path.is_file():
-            raise ModelWeightsError(f"click decoder checkpoint not found: {path} (set ${CHECKPOINT_ENV} to a file, or 'off').")
-        try:
-            state = torch.load(path, weights_only=True, map_location="cpu")
-            pe, md = copy.deepcopy(sam.prompt_encoder), copy.deepcopy(sam.mask_decoder)
-            pe_state, md_state = checkpoint_states(state, sam)
-            pe.load_state_dict(pe_state)
-            md.load_state_dict(md_state)
-        except (RuntimeError, KeyError, EOFError, OSError, ValueError, TypeError, AttributeError, pickle.UnpicklingError) as e:
-            raise ModelWeightsError(f"click decoder checkpoint {path} does not fit this backend's decoder: {e}") from e
-        pe.requires_grad_(False)
-        md.requires_grad_(False)
+        pe, md = load_twin(sam, path, "click decoder", CHECKPOINT_ENV)
         return cls(pe, md, str(path))
 
     def read(self, embedding, points: Sequence, transform) -> ClickReading:
@@ -185,61 +171,5 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 def click_decoder_for(sam, name: str) -> ClickDecoder | None:
     """The click decoder a backend gets: the bundled one for LiteMedSAM unless $CLINSEG_CLICK_DECODER
     says otherwise; none for other backends unless a checkpoint is named."""
-    choice = os.environ.get(CHECKPOINT_ENV, "").strip()
-    if choice.lower() in ("off", "none", "0"):
-        return None
-    if choice:
-        return ClickDecoder.from_checkpoint(sam, choice)
-    return ClickDecoder.from_checkpoint(sam, BUNDLED_CHECKPOINT) if name == "litemedsam" else None
-
-
-DELTA_FORMAT = "int8-delta-v1"
-
-
-def _base_fingerprint(sam) -> str:
-    from .onnx_export import weights_fingerprint
-    return weights_fingerprint(torch.nn.ModuleList([sam.prompt_encoder, sam.mask_decoder]))
-
-
-def checkpoint_states(state: dict, sam) -> tuple[dict, dict]:
-    """A checkpoint's float32 state dicts: float16 weights as they are, int8 deltas added to `sam`'s own."""
-    if state.get("format") != DELTA_FORMAT:
-        return ({k: v.float() for k, v in state["prompt_encoder"].items()},
-                {k: v.float() for k, v in state["mask_decoder"].items()})
-    if state["base"] != _base_fingerprint(sam):
-        raise ValueError("it holds changes to other decoder weights than this backend's (base fingerprint differs)")
-    out = []
-    for part, module in (("prompt_encoder", sam.prompt_encoder), ("mask_decoder", sam.mask_decoder)):
-        base = module.state_dict()
-        if set(state[part]) != set(base):
-            raise KeyError(f"{part}: checkpoint and backend name different tensors")
-        out.append({k: base[k].float() + _dequantise(state[part][k]).reshape(base[k].shape) for k in base})
-    return out[0], out[1]
-
-
-def _quantise(delta: torch.Tensor) -> dict:
-    """Symmetric int8 per output row (per tensor for vectors); rows of a fine-tune's change differ in size."""
-    rows = delta.reshape(delta.shape[0], -1) if delta.dim() > 1 else delta.reshape(1, -1)
-    scale = rows.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127.0
-    return {"q": torch.round(rows / scale).to(torch.int8), "scale": scale.float()}
-
-
-def _dequantise(entry: dict) -> torch.Tensor:
-    return entry["q"].float() * entry["scale"]
-
-
-def save_checkpoint(prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module, path: str | os.PathLike,
-                    base_sam=None) -> None:
-    """float16 state dicts; with `base_sam`, int8 changes to its prompt encoder and mask decoder instead
-    (a quarter of float32's size, tied to those base weights). Both give float32's masks
-    (tests/test_click_decoder.py)."""
-    if base_sam is None:
-        torch.save({"prompt_encoder": {k: v.half() for k, v in prompt_encoder.state_dict().items()},
-                    "mask_decoder": {k: v.half() for k, v in mask_decoder.state_dict().items()}}, path)
-        return
-    state = {"format": DELTA_FORMAT, "base": _base_fingerprint(base_sam)}
-    for part, tuned, base in (("prompt_encoder", prompt_encoder, base_sam.prompt_encoder),
-                              ("mask_decoder", mask_decoder, base_sam.mask_decoder)):
-        b = base.state_dict()
-        state[part] = {k: _quantise(v.float() - b[k].float()) for k, v in tuned.state_dict().items()}
-    torch.save(state, path)
+    path = configured_checkpoint(CHECKPOINT_ENV, BUNDLED_CHECKPOINT, name)
+    return None if path is None else ClickDecoder.from_checkpoint(sam, path)

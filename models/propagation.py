@@ -16,10 +16,13 @@ By default (`stop_rule="learned"`) these signals, with the sweep's history, go t
 model (models/propagation_stop.py) that predicts how much of the new mask is still the structure;
 the hand rules decide only where the model's inputs fall outside what it was fitted on, and the
 area floor always applies. The slice that triggers a stop is not part of the result.
-The next box is the previous mask's box + a small margin ("mask" rule, the default). Measured worse
-on Colin27 and kept as options (bench/volume.py, docs/volume.md): a box re-inflated by the gap the
-model left inside the anchor's box ("calibrated", damped), the previous logits as a mask prompt
-(LiteMedSAM was trained on boxes only), and zoomed crops for small structures (`zoom`). A prompt
+The next box is the previous mask's box + a small margin ("mask" rule, the default). With `prior`,
+the next slice is decoded from that box AND the previous slice's mask by the segmenter's propagation
+decoder (models/propagation_decoder.py: LiteMedSAM's decoder fine-tuned for this step; a box alone
+leaves the mask a little inside it, and the shortfall carries from slice to slice); it ties with
+boxes alone on the benchmark, so it is an option. Measured worse on Colin27 and kept as options (bench/volume.py, docs/volume.md): a box re-inflated by the gap the model left
+inside the anchor's box ("calibrated", damped), the previous logits as LiteMedSAM's own mask prompt
+(it was trained on boxes only), and zoomed crops for small structures (`zoom`). A prompt
 given on any slice re-anchors the propagation there. Finally the two other views check the 3-D mask
 and fill in, within 2 mm of it, what the slice-by-slice boxes missed (models/cross_view.py;
 `cross_view=None` turns this off). Any view (axial, coronal, sagittal) works: the volume is resliced
@@ -43,7 +46,7 @@ from integrations.windowing import apply_window, volume_window
 from prompting.promptset import Box, PromptSet, PromptSource
 
 from .cross_view import CrossViewConfig, CrossViewReport, ProgressCallback, refine_across_views
-from .propagation_stop import LearnedStop, load_stop_model, stop_features
+from .propagation_stop import STOP_MODEL_PATH, STOP_MODEL_PRIOR_PATH, LearnedStop, load_stop_model, stop_features
 from .segmentation import ImageEmbedding, Segmentation
 from .volume_views import VolumeView, reslice, slice_axis
 from .zoom import ZoomPolicy, _shift, crop_window
@@ -77,6 +80,11 @@ class PropagationConfig:
     box_rule: str = "mask"  # "calibrated" or "mask" (previous mask's box + margins only)
     max_calibration: float = 0.5  # cap on the per-side gap, as a fraction of the mask box's size
     mask_prompt: bool = False  # also pass the previous slice's low-res logits as SAM's mask input
+    # Decode each next slice with the previous slice's mask as a prior beside the box, through the
+    # segmenter's propagation decoder (models/propagation_decoder.py) when it has one; the stop model
+    # fitted on that decoder's traces then decides. Off by default: on bench/volume.py it ties with
+    # boxes alone (0.600 vs 0.601: better on Colin27 and the brain, worse on deformed0, docs/volume.md).
+    prior: bool = False
     # Anatomy changes little between neighbouring slices: the box's width/height may change by at most
     # this fraction (+1 px) of the previous box's per slice, its centre move by at most max_box_shift
     # of its size. This damps the grow-shrink feedback between box and mask. None = undamped.
@@ -270,14 +278,17 @@ def vanished(c: PropagationConfig, rec: SliceRecord, anchor: SliceRecord) -> str
     return None
 
 
-def hand_stop_reason(c: PropagationConfig, rec: SliceRecord, prev: SliceRecord, anchor: SliceRecord) -> str | None:
-    """Why the hand rules stop at `rec` (None: go on)."""
+def hand_stop_reason(c: PropagationConfig, rec: SliceRecord, prev: SliceRecord, anchor: SliceRecord,
+                     decoder_scores: bool = True) -> str | None:
+    """Why the hand rules stop at `rec` (None: go on). `decoder_scores=False` leaves out the predicted-IoU
+    and stability floors: they were set on LiteMedSAM's own scores, and the propagation decoder's IoU
+    head, trained against the labels, rates an atlas region's mask lower (0.4-0.5) without it being worse."""
     gone = vanished(c, rec, anchor)
     if gone is not None:
         return gone
-    if rec.predicted_iou < c.min_predicted_iou:
+    if decoder_scores and rec.predicted_iou < c.min_predicted_iou:
         return f"low predicted IoU {rec.predicted_iou:.2f} < {c.min_predicted_iou}"
-    if rec.stability < c.min_stability:
+    if decoder_scores and rec.stability < c.min_stability:
         return f"uncertain mask: stability {rec.stability:.2f} < {c.min_stability}"
     if rec.consistency < c.min_consistency:
         return f"inconsistent with the previous slice: Dice {rec.consistency:.2f} < {c.min_consistency}"
@@ -323,7 +334,12 @@ class _Propagator:
     def image(self, z: int) -> np.ndarray:
         return apply_window(self.view.volume.voxels[z], self.bounds)
 
-    def segment(self, z: int, prompt: PromptSet) -> tuple[Segmentation, np.ndarray]:
+    @property
+    def uses_prior(self) -> bool:
+        # the decoder was fitted on whole slices; zoomed crops keep to boxes (and the box stop model)
+        return self.config.prior and self.config.zoom is None and getattr(self.segmenter, "propagation_decoder", None) is not None
+
+    def segment(self, z: int, prompt: PromptSet, prior: np.ndarray | None = None) -> tuple[Segmentation, np.ndarray]:
         img = self.image(z)
         zoom = self.config.zoom
         if zoom is not None and prompt.box is not None and zoom.applies(prompt.clipped(img.shape[:2]).box, img.shape[:2]):
@@ -333,7 +349,10 @@ class _Propagator:
                 prompt = prompt.with_mask_input(None)  # the previous logits are in a crop's frame
             self.zoomer.window = None  # the next zoomed slice picks a fresh window
             emb = self.embed(z) if self.embed is not None else self.segmenter.embed(img)
-            seg = self.segmenter.decode(emb, prompt)
+            if prior is not None and self.uses_prior:
+                seg = self.segmenter.decode_with_prior(emb, prompt.with_mask_input(None), prior)
+            else:
+                seg = self.segmenter.decode(emb, prompt)
         seg.slice_index = z
         self.done += 1
         if self.progress is not None:
@@ -361,7 +380,7 @@ class _Propagator:
         if gone is not None:
             return gone
         if self.stop_model is None:
-            self.stop_model = load_stop_model()
+            self.stop_model = load_stop_model(str(STOP_MODEL_PRIOR_PATH if self.uses_prior else STOP_MODEL_PATH))
         vol = self.view.volume
         feats = stop_features(rec, history, mask, img, abs(rec.index - anchor.index) * vol.spacing[2],
                               math.sqrt(vol.pixel_area_mm2))
@@ -374,7 +393,7 @@ class _Propagator:
         return None
 
     def stop_reason(self, rec: SliceRecord, prev: SliceRecord, anchor: SliceRecord) -> str | None:
-        return hand_stop_reason(self.config, rec, prev, anchor)
+        return hand_stop_reason(self.config, rec, prev, anchor, decoder_scores=not self.uses_prior)
 
     def anchor(self, z: int) -> SliceRecord | None:
         prompt = self.seeds[z]
@@ -444,7 +463,7 @@ class _Propagator:
             prompt = PromptSet(box=box, label=self.label)
             if self.config.mask_prompt:
                 prompt = prompt.with_mask_input(self.logits[prev.index])
-            seg, img = self.segment(z, prompt)
+            seg, img = self.segment(z, prompt, prior=self.masks[prev.index])
             rec = self.record(z, seg, img, self.masks[prev.index], False, box)
             if self.config.stop_rule == "learned":
                 reason = self.learned_stop(rec, history, seg.mask, img)
@@ -471,6 +490,15 @@ class _Propagator:
                 continue
             self.sweep(z, -1, rec)
             self.sweep(z, +1, rec)
+
+
+def _decoder_note(prop: _Propagator) -> str:
+    if prop.uses_prior:
+        return ("next slices decoded with the previous slice's mask as a prior (propagation decoder "
+                f"{prop.segmenter.propagation_decoder.source})")
+    why = ("prior=False" if not prop.config.prior else "zoomed crops: the decoder reads whole slices" if prop.config.zoom
+           else "the segmenter has no propagation decoder")
+    return f"next slices decoded from boxes alone ({why})"
 
 
 def _check_seeds(seeds: Mapping[int, PromptSet], view: VolumeView) -> dict[int, PromptSet]:
@@ -535,6 +563,7 @@ def propagate(
     if rng is not None:
         result.notes.append(f"{vv.name} slices {rng[0]}..{rng[1]} from {len(seeds)} prompted slice(s); "
                             f"{result.volume_ml:.2f} mL")
+    result.notes.append(_decoder_note(prop))
     if refined is not None:
         result.notes.extend(refined.notes())
     for s in prop.stops:

@@ -32,6 +32,8 @@ import numpy as np
 from prompting.proposal_ranker import ImageContext, TreeRanker, _ranker, image_features
 
 STOP_MODEL_PATH = Path(__file__).with_name("propagation_stop.json")
+# fitted on traces of the propagation decoder (masks decoded with the previous slice's as a prior)
+STOP_MODEL_PRIOR_PATH = Path(__file__).with_name("propagation_stop_prior.json")
 
 STOP_FEATURES = ("iou", "stability", "consistency", "d_iou", "iou_min", "log_area_anchor", "log_growth",
                  "log_growth_prev", "log_area_peak", "mean_shift", "median_drift", "depth", "fill", "cut_by_box",

@@ -119,6 +119,8 @@ def build_segmenter(name: str = "litemedsam", checkpoint: str | os.PathLike | No
     segmenter = SamSegmenter(name, sam, pre, cache=cache, version=f"{name}:{pre.describe()}")
     from .click_decoder import click_decoder_for
     segmenter.click_decoder = click_decoder_for(sam, name)
+    from .propagation_decoder import propagation_decoder_for
+    segmenter.propagation_decoder = propagation_decoder_for(sam, name)
     from .runtime import attach_runtime
 
     attach_runtime(segmenter, runtime, threads=num_threads,

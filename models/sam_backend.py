@@ -50,6 +50,9 @@ class SamSegmenter:
         self.runtime_report = None
         # A click-reading twin of the decoder (models/click_decoder.py), set by the registry; None = none.
         self.click_decoder = None
+        # A twin that reads the previous slice's mask beside the box (models/propagation_decoder.py), for
+        # 3-D propagation; set by the registry; None = propagate with boxes alone.
+        self.propagation_decoder = None
 
     def reads_clicks(self, prompt: PromptSet) -> bool:
         """Clicks alone (no box, no previous mask) are decoded by the click decoder when there is one:
@@ -207,6 +210,31 @@ class SamSegmenter:
 
     def decode_batch(self, embedding: ImageEmbedding, prompts: Sequence[PromptSet], multimask: bool = False) -> list[Segmentation]:
         low_res, iou = self.decode_logits(embedding, prompts, multimask)
+        return self._segmentations(embedding, prompts, low_res, iou, multimask)
+
+    def decode_with_prior(self, embedding: ImageEmbedding, prompt: PromptSet, prior: np.ndarray) -> Segmentation:
+        """A box prompt and a mask on the slice grid that the structure here continues from (the previous
+        slice's, in 3-D propagation), decoded by the propagation decoder. Without one, or without a box,
+        the prompt alone is decoded."""
+        if self.propagation_decoder is None or prompt.box is None:
+            return self.decode(embedding, prompt)
+        if embedding.backend != self.version:
+            raise ValueError(f"embedding made by {embedding.backend}, decoder is {self.version}")
+        prior = np.asarray(prior, dtype=bool)
+        if prior.shape != tuple(embedding.original_size):
+            raise InvalidPromptError(f"the prior mask is {prior.shape[::-1]} pixels; the slice is "
+                                     f"{tuple(embedding.original_size)[::-1]}.")
+        prompt.validate(embedding.original_size)
+        prompt = prompt.clipped(embedding.original_size)
+        from .propagation_decoder import prior_in_model_frame
+
+        transform = self.transform_for(embedding.original_size)
+        frame = prior_in_model_frame(prior, transform, self.propagation_decoder.mask_input_side)
+        low_res, iou = self.propagation_decoder.decode_logits(embedding.features, transform.box_to_model(prompt.box.as_array()), frame)
+        return self._segmentations(embedding, [prompt], low_res, iou, False)[0]
+
+    def _segmentations(self, embedding: ImageEmbedding, prompts: Sequence[PromptSet], low_res: torch.Tensor,
+                       iou: torch.Tensor, multimask: bool) -> list[Segmentation]:
         transform = SliceTransform(embedding.original_size, self.preprocessing.input_size, self.preprocessing.resize)
         # numpy from here on: torch ops this small cost more in thread-pool wake-ups than in work
         low_np, iou_np = low_res.numpy(), iou.numpy()

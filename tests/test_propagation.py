@@ -208,11 +208,13 @@ import json  # noqa: E402
 
 import models.propagation as propagation_module  # noqa: E402
 from models.propagation import SliceRecord  # noqa: E402
-from models.propagation_stop import STOP_FEATURES, STOP_MODEL_PATH, LearnedStop, load_stop_model, stop_features  # noqa: E402
+from models.propagation_stop import (STOP_FEATURES, STOP_MODEL_PATH, STOP_MODEL_PRIOR_PATH, LearnedStop,  # noqa: E402
+                                     load_stop_model, stop_features)
 
 
-def test_bundled_stop_model_is_well_formed_and_not_fitted_on_the_benchmark():
-    model = load_stop_model()
+@pytest.mark.parametrize("path", [STOP_MODEL_PATH, STOP_MODEL_PRIOR_PATH], ids=["boxes alone", "propagation decoder"])
+def test_bundled_stop_models_are_well_formed_and_not_fitted_on_the_benchmark(path):
+    model = load_stop_model(str(path))
     assert set(model.model.features) <= set(STOP_FEATURES)
     assert 0.0 < model.threshold < 1.0
     assert model.model.low is not None and model.model.max_outside < 1.0  # gated by its training range
@@ -263,7 +265,7 @@ def _with_stop_model(monkeypatch, threshold, everything_in_domain=True):
         tree = dataclasses.replace(tree, low=(-1e9,) * n, high=(1e9,) * n)
     else:
         tree = dataclasses.replace(tree, max_outside=-1.0)  # nothing is ever in its domain
-    monkeypatch.setattr(propagation_module, "load_stop_model", lambda: LearnedStop(tree, threshold, "test"))
+    monkeypatch.setattr(propagation_module, "load_stop_model", lambda *_: LearnedStop(tree, threshold, "test"))
 
 
 def test_learned_stop_decides_where_in_domain(segmenter, ellipsoid_volume, monkeypatch):

@@ -1,0 +1,84 @@
+"""A decoder for the next slice of a 3-D propagation: LiteMedSAM's prompt encoder + mask decoder
+fine-tuned to read the previous slice's mask beside the box.
+
+Box propagation under-segments: LiteMedSAM draws a little inside each box, the next box comes from
+that mask, and the shortfall carries from slice to slice (docs/volume.md). Fed the previous mask as
+SAM's dense mask prompt, LiteMedSAM (trained on boxes alone) does worse, not better. This twin of its
+prompt encoder and mask decoder was fine-tuned (bench/train_propagation_decoder.py, on deformed
+subjects and atlas regions disjoint from bench/volume.py's) on exactly the propagation step: the
+neighbouring slice's mask (LiteMedSAM's own or the label's, often eroded by 1-3 px) as the prior,
+the box around it (+5 % + 2 px, propagation's own box) as the prompt, the label on this slice as
+the target, and an empty target where the structure has ended. It learns how far the structure
+reaches past an under-drawn prior and that a structure can end. Propagation uses it when asked
+(`PropagationConfig(prior=True)`, `clinseg segment-3d --prior`): on the volume benchmark it ties with
+boxes alone, fuller masks but earlier stops (docs/volume.md).
+
+The prior goes in as a binary mask in the model frame, +-`PRIOR_LOGIT` (what the training fed; the
+previous decode's raw logits are not used: a prior may come from a zoomed crop or a user's edit).
+The checkpoint is bundled (`models/propagation_decoder.pt`, int8 changes to LiteMedSAM's decoder
+weights, models/decoder_checkpoint.py); `$CLINSEG_PROPAGATION_DECODER` names another checkpoint, or
+`off` to propagate with boxes alone. Other backends have none unless a checkpoint is named.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .decoder_checkpoint import configured_checkpoint, load_twin
+from .transforms import SliceTransform
+
+BUNDLED_CHECKPOINT = Path(__file__).with_name("propagation_decoder.pt")
+CHECKPOINT_ENV = "CLINSEG_PROPAGATION_DECODER"
+PRIOR_LOGIT = 8.0
+
+
+def prior_in_model_frame(mask: np.ndarray, transform: SliceTransform, side: int) -> np.ndarray:
+    """A slice-grid mask as the decoder's (side, side) mask input: area-resized to the model frame's
+    content, padded as background, binarised to +-PRIOR_LOGIT."""
+    import cv2
+
+    ih, iw = transform.input_size
+    small = cv2.resize(np.asarray(mask, np.float32), (iw, ih), interpolation=cv2.INTER_AREA) > 0.5
+    frame = np.zeros((transform.target, transform.target), bool)
+    frame[:ih, :iw] = small
+    if side != transform.target:
+        frame = cv2.resize(frame.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA) > 0.5
+    return np.where(frame, PRIOR_LOGIT, -PRIOR_LOGIT).astype(np.float32)
+
+
+class PropagationDecoder:
+    """Fine-tuned copies of a segmenter's prompt encoder and mask decoder (the image encoder is shared)."""
+
+    def __init__(self, prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module, source: str):
+        self.prompt_encoder = prompt_encoder.eval()
+        self.mask_decoder = mask_decoder.eval()
+        self.source = source
+
+    @classmethod
+    def from_checkpoint(cls, sam, path: str | os.PathLike) -> "PropagationDecoder":
+        pe, md = load_twin(sam, path, "propagation decoder", CHECKPOINT_ENV)
+        return cls(pe, md, str(path))
+
+    @property
+    def mask_input_side(self) -> int:
+        return int(self.prompt_encoder.mask_input_size[0])
+
+    @torch.inference_mode()
+    def decode_logits(self, features: torch.Tensor, box_model: np.ndarray, prior: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """One box (x0, y0, x1, y1 in the model frame) and its prior (`prior_in_model_frame`) ->
+        low-res logits (1, 1, s, s) and the IoU head's estimate (1, 1)."""
+        boxes = torch.as_tensor(np.asarray(box_model, np.float32).reshape(1, 4))
+        masks = torch.as_tensor(np.asarray(prior, np.float32).reshape(1, 1, *prior.shape[-2:]))
+        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=masks)
+        return self.mask_decoder(image_embeddings=features.float(), image_pe=self.prompt_encoder.get_dense_pe(),
+                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+
+
+def propagation_decoder_for(sam, name: str) -> PropagationDecoder | None:
+    """The propagation decoder a backend gets: the bundled one for LiteMedSAM unless
+    $CLINSEG_PROPAGATION_DECODER says otherwise; none for other backends unless a checkpoint is named."""
+    path = configured_checkpoint(CHECKPOINT_ENV, BUNDLED_CHECKPOINT, name)
+    return None if path is None else PropagationDecoder.from_checkpoint(sam, path)

@@ -1,0 +1,120 @@
+"""models/propagation_decoder.py: the bundled decoder that reads the previous slice's mask beside the box."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from integrations.errors import ModelWeightsError
+from integrations.metrics import dice
+from integrations.volume import Volume
+from models.propagation import PropagationConfig, propagate
+from models.propagation_decoder import (BUNDLED_CHECKPOINT, CHECKPOINT_ENV, PRIOR_LOGIT, PropagationDecoder,
+                                        prior_in_model_frame, propagation_decoder_for)
+from prompting.promptset import PromptSet
+from tests._shapes import mask_box
+
+
+def test_the_bundled_decoder_is_loaded_and_small(segmenter):
+    assert segmenter.propagation_decoder is not None
+    assert segmenter.propagation_decoder.source == str(BUNDLED_CHECKPOINT)
+    assert BUNDLED_CHECKPOINT.stat().st_size < 5_000_000  # int8 changes to LiteMedSAM's decoder
+
+
+def test_a_missing_checkpoint_is_named_and_off_means_none(segmenter, tmp_path, monkeypatch):
+    with pytest.raises(ModelWeightsError, match="propagation decoder checkpoint not found: .*nowhere.pt"):
+        PropagationDecoder.from_checkpoint(segmenter.sam, tmp_path / "nowhere.pt")
+    monkeypatch.setenv(CHECKPOINT_ENV, str(tmp_path / "nowhere.pt"))
+    with pytest.raises(ModelWeightsError, match="nowhere.pt"):
+        propagation_decoder_for(segmenter.sam, "litemedsam")
+    monkeypatch.setenv(CHECKPOINT_ENV, "off")
+    assert propagation_decoder_for(segmenter.sam, "litemedsam") is None
+    monkeypatch.delenv(CHECKPOINT_ENV)
+    assert propagation_decoder_for(segmenter.sam, "medsam") is None  # other backends: only when named
+
+
+def test_the_prior_goes_in_as_a_binary_mask_in_the_model_frame(segmenter):
+    mask = np.zeros((100, 200), bool)
+    mask[20:60, 50:150] = True  # a quarter of the rows, half the columns
+    frame = prior_in_model_frame(mask, segmenter.transform_for(mask.shape), 256)
+    assert frame.shape == (256, 256) and set(np.unique(frame)) == {-PRIOR_LOGIT, PRIOR_LOGIT}
+    inside = frame > 0
+    assert abs(inside.mean() - mask.mean()) < 0.01  # LiteMedSAM stretches the slice to the square frame
+
+
+def _decode_like_propagation(segmenter, emb, prior, box_from=None):
+    from models.propagation import _mask_box, enlarge_box
+
+    box = enlarge_box(_mask_box(prior if box_from is None else box_from), prior.shape, 0.05, 2.0)
+    return segmenter.decode_with_prior(emb, PromptSet(box=box), prior)
+
+
+def test_the_decoder_continues_the_prior_it_is_given(segmenter, disc_image):
+    img, disc = disc_image
+    emb = segmenter.embed(img)
+    yy, xx = np.mgrid[: disc.shape[0], : disc.shape[1]]
+    under = (yy - 100) ** 2 + (xx - 120) ** 2 < 38 ** 2  # the previous slice's mask, 2 px inside the edge
+    seg = _decode_like_propagation(segmenter, emb, under)
+    assert seg.mask.shape == disc.shape and np.isfinite(seg.predicted_iou)
+    assert dice(seg.mask, disc) > 0.9
+    # Same box, half the prior: the decoder follows the structure it was handed, not the box alone
+    half = under & (xx < 120)
+    seg = _decode_like_propagation(segmenter, emb, half, box_from=under)
+    assert dice(seg.mask, half) > 0.85 and dice(seg.mask, disc) < 0.75
+    # A prior with a hole (a ring): the disc's inside is filled in
+    ring = under & ((yy - 100) ** 2 + (xx - 120) ** 2 > 20 ** 2)
+    assert dice(_decode_like_propagation(segmenter, emb, ring).mask, disc) > 0.85
+
+
+def test_without_a_decoder_or_a_box_the_prompt_alone_is_decoded(segmenter, disc_image, monkeypatch):
+    img, mask = disc_image
+    emb = segmenter.embed(img)
+    prompt = PromptSet.from_box(*mask_box(mask))
+    monkeypatch.setattr(segmenter, "propagation_decoder", None)
+    assert np.array_equal(segmenter.decode_with_prior(emb, prompt, mask).mask, segmenter.decode(emb, prompt).mask)
+
+
+def test_propagation_says_which_decoder_drew_the_next_slices(segmenter, monkeypatch):
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 30) ** 2 <= 14 ** 2
+    vox = np.stack([100 + 700 * disc * (abs(z - 3) <= 2) for z in range(7)]).astype(np.float32)
+    vol = Volume(vox, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), modality="MR")
+    seed = {3: PromptSet.from_box(*mask_box(disc))}
+    res = propagate(segmenter, vol, seed, config=PropagationConfig(cross_view=None, prior=True))
+    assert any("previous slice's mask as a prior" in n and "propagation_decoder.pt" in n for n in res.notes), res.notes
+    assert res.slice_range == (1, 5), res.notes  # the disc spans slices 1..5
+    assert dice(res.mask, vox > 400) > 0.9
+    boxes = propagate(segmenter, vol, seed, config=PropagationConfig(cross_view=None))  # the default
+    assert any("boxes alone (prior=False)" in n for n in boxes.notes), boxes.notes
+    monkeypatch.setattr(segmenter, "propagation_decoder", None)
+    none = propagate(segmenter, vol, seed, config=PropagationConfig(cross_view=None, prior=True))
+    assert any("has no propagation decoder" in n for n in none.notes), none.notes
+    assert np.array_equal(none.mask, boxes.mask)
+
+
+def test_cli_segment_3d_prior_flag(tmp_path, capsys):
+    import json
+
+    from app.cli import main
+    from integrations.mask_io import write_mask
+
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 30) ** 2 <= 14 ** 2
+    vox = np.stack([100 + 700 * disc * (abs(z - 3) <= 2) for z in range(7)]).astype(np.float32)
+    vol = Volume(vox, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), modality="MR")
+    study = write_mask(tmp_path / "study.nii.gz", vol, vox)
+    box = [str(v) for v in mask_box(disc)]
+    notes = {}
+    for flag in ([], ["--prior"]):
+        out = tmp_path / f"mask{len(flag)}.nii.gz"
+        assert main(["segment-3d", str(study), "--box", *box, "--slice", "3", "--no-cross-view", *flag, "--out", str(out)]) == 0
+        notes[bool(flag)] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["notes"]
+    assert any("as a prior" in n for n in notes[True]), notes[True]
+    assert any("boxes alone (prior=False)" in n for n in notes[False]), notes[False]
+
+
+def test_a_prior_of_the_wrong_size_is_refused(segmenter, disc_image):
+    from integrations.errors import InvalidPromptError
+
+    img, mask = disc_image
+    with pytest.raises(InvalidPromptError, match="prior mask is"):
+        segmenter.decode_with_prior(segmenter.embed(img), PromptSet.from_box(*mask_box(mask)), mask[:-1])
