@@ -29,9 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where the structure ends: the learned stop model (default) or the hand rules alone (docs/volume.md)")
     p.add_argument("--no-cross-view", action="store_true",
                    help="keep the propagated slices as they are: no check in the two other views (faster: no extra encodes)")
-    p.add_argument("--prior", action="store_true",
-                   help="decode each next slice from its box AND the previous slice's mask, through the propagation "
-                        "decoder (docs/volume.md: better on some structures, worse on others; off by default)")
+    p.add_argument("--boxes-only", action="store_true",
+                   help="decode each next slice from its box alone, without the propagation decoder that also reads the "
+                        "previous slice's mask (docs/volume.md: faster, less accurate)")
     p.add_argument("--out", required=True, help="output mask: .nii.gz/.nii/.nrrd (input geometry) or .npy")
     p.set_defaults(func=cmd_segment_3d)
 
@@ -97,7 +97,7 @@ def cmd_segment_3d(args) -> int:
     verbose = bool(getattr(args, "verbose", False))
     res = propagate(segmenter, vol, seeds, view=args.view, window=args.window, label=label,
                     config=PropagationConfig(stop_rule=args.stop_rule, cross_view=None if args.no_cross_view else CrossViewConfig(),
-                                             prior=args.prior),
+                                             prior=not args.boxes_only),
                     progress=_progress if verbose else None)
     out = write_mask(args.out, vol, res.mask)
     summary = res.summary()

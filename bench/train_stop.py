@@ -3,6 +3,7 @@
     .venv/bin/python bench/train_stop.py collect --subjects deformed1,deformed2,deformed3 --out .bench-data/stop/train.npz
     .venv/bin/python bench/train_stop.py collect --subjects colin27,deformed0 --structures bench --out .bench-data/stop/bench.npz
     .venv/bin/python bench/train_stop.py fit .bench-data/stop/train.npz [--check .bench-data/stop/bench.npz] [--write]
+    .venv/bin/python bench/train_stop.py handover BOX.npz PRIOR.npz
 
 collect: from one tight box on the middle slice of each structure, propagate with every hand stop rule
 off except "the mask vanished" (area floor), up to 25 slices past the structure's true end, and keep
@@ -22,6 +23,11 @@ choosing anything on them. `--write` bundles the model as models/propagation_sto
 boxes alone (`collect --decoder box`, the default), models/propagation_stop_prior.json for traces of
 the propagation decoder (`--decoder prior`: the next slice decoded with the previous slice's mask as a
 prior, `PropagationConfig.prior`).
+
+handover: on traces of both decoders (same subjects and structures), 3-D Dice of the box chain alone,
+the decoder's chain alone, the decoder's slices over the longer of both stops, and the handover that
+propagation uses (`PropagationConfig.prior_handover`): the decoder's slices up to its stop, then the box
+chain's up to its own.
 """
 from __future__ import annotations
 
@@ -40,7 +46,8 @@ import numpy as np  # noqa: E402
 from integrations.windowing import apply_window, volume_window  # noqa: E402
 from models.cache import EmbeddingCache  # noqa: E402
 from models.propagation import PropagationConfig, hand_stop_reason, propagate  # noqa: E402
-from models.propagation_stop import STOP_FEATURES, STOP_MODEL_PATH, STOP_MODEL_PRIOR_PATH, stop_features  # noqa: E402
+from models.propagation_stop import (STOP_FEATURES, STOP_MODEL_PATH, STOP_MODEL_PRIOR_PATH, load_stop_model,  # noqa: E402
+                                     stop_features)
 from models.registry import build_segmenter  # noqa: E402
 
 CACHE = ROOT / ".bench-data" / "embeddings"
@@ -52,10 +59,12 @@ THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.025), 3)
 def permissive(cap: int, margin: float = PropagationConfig.box_margin, prior: bool = False) -> PropagationConfig:
     """Every hand stop rule off except the area floor ("the object vanished"); the propagated slices alone
     (no cross-view refinement: a trace's masks are what the stop rule sees, slice by slice). `prior`:
-    next slices through the propagation decoder, else boxes alone (as in use)."""
+    next slices through the propagation decoder (its chain alone: a trace is one chain, no handover to
+    the box chain), else boxes alone."""
     return PropagationConfig(box_margin=margin, min_predicted_iou=0.0, min_stability=0.0, min_consistency=0.0, max_growth=math.inf,
                              max_intensity_shift=math.inf, max_anchor_intensity_shift=None, max_slices=cap,
-                             stop_rule="hand", cross_view=None, prior=prior)
+                             stop_rule="hand", cross_view=None, prior=prior,
+                             prior_handover=False)
 
 
 def subject(name: str):
@@ -242,6 +251,68 @@ def fit(a) -> None:
         print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
 
 
+def stop_flags(t: dict[str, np.ndarray], path: Path) -> np.ndarray:
+    """Each traced slice's verdict under the bundled stop model at `path`, as propagation decides it: the
+    model where the slice's features are in its domain, the hand rules elsewhere."""
+    from prompting.proposal_ranker import feature_matrix
+
+    model = load_stop_model(str(path))
+    tree = model.model
+    in_dom = np.ones(len(t["case"]), bool)
+    if tree.low is not None and tree.high is not None:
+        x = feature_matrix(t, tree.features)
+        in_dom = ((x < np.asarray(tree.low)) | (x > np.asarray(tree.high))).mean(1) <= tree.max_outside
+    return np.where(in_dom, tree.score({f: t[f] for f in STOP_FEATURES}) < model.threshold, t["hand_stop"])
+
+
+def first_stops(stop: np.ndarray, t: dict[str, np.ndarray], cases: list[dict]) -> dict[tuple, float]:
+    """(subject, structure, direction) -> the step of the first slice `stop` rejects (inf: none)."""
+    out = {}
+    for c, info in enumerate(cases):
+        for d in (-1, 1):
+            idx = np.nonzero((t["case"] == c) & (t["direction"] == d) & stop)[0]
+            out[(info["subject"], info["structure"], d)] = float(t["step"][idx].min()) if len(idx) else math.inf
+    return out
+
+
+def handover(a) -> None:
+    """Replay the propagation decoder's chain, the box chain and their combinations on traces of both."""
+    tb, cb = load(a.box)
+    tp, cp = load(a.prior)
+    sb = first_stops(stop_flags(tb, STOP_MODEL_PATH), tb, cb)
+    sp = first_stops(stop_flags(tp, STOP_MODEL_PRIOR_PATH), tp, cp)
+    box_case = {(i["subject"], i["structure"]): c for c, i in enumerate(cb)}
+
+    def kept(t, c, d, lo, hi) -> tuple[int, int]:
+        m = (t["case"] == c) & (t["direction"] == d) & (t["step"] >= lo) & (t["step"] < hi)
+        return int(t["inter"][m].sum()), int(t["area"][m].sum())
+
+    rules = {
+        "boxes alone": lambda b, p: ((0, 0), (0, b)),
+        "decoder alone": lambda b, p: ((0, p), (0, 0)),
+        "decoder, longer stop": lambda b, p: ((0, max(b, p)), (0, 0)),
+        "handover": lambda b, p: ((0, p), (p, b)),
+    }
+    rows = {k: [] for k in rules}
+    print(f"{'subject':<10} {'structure':<16} " + " ".join(f"{k:>20}" for k in rules))
+    for c, info in enumerate(cp):
+        key = (info["subject"], info["structure"])
+        if key not in box_case:
+            continue
+        line = []
+        for name, rule in rules.items():
+            inter, area = info["inter"], info["area"]  # the anchor: the same box-prompted decode in both
+            for d in (-1, 1):
+                (p0, p1), (b0, b1) = rule(sb[key + (d,)], sp[key + (d,)])
+                for t, case, lo, hi in ((tp, c, p0, p1), (tb, box_case[key], b0, b1)):
+                    i, m = kept(t, case, d, lo, hi)
+                    inter, area = inter + i, area + m
+            rows[name].append(2.0 * inter / max(area + info["truth"], 1))
+            line.append(rows[name][-1])
+        print(f"{key[0]:<10} {key[1]:<16} " + " ".join(f"{v:20.3f}" for v in line))
+    print(f"{'mean':<27} " + " ".join(f"{np.mean(v):20.4f}" for v in rows.values()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -252,7 +323,7 @@ def main() -> None:
     c.add_argument("--margin", type=float, default=PropagationConfig.box_margin,
                    help="box margin of the propagated boxes (PropagationConfig.box_margin)")
     c.add_argument("--decoder", choices=("box", "prior"), default="box",
-                   help="next slices from boxes alone (default, as in use) or through the propagation decoder "
+                   help="next slices from boxes alone (the default here) or through the propagation decoder "
                         "(PropagationConfig.prior); fit writes the stop model of that decoder")
     f = sub.add_parser("fit")
     f.add_argument("data", help="comma-separated collect outputs")
@@ -262,8 +333,11 @@ def main() -> None:
     f.add_argument("--write", action="store_true")
     f.add_argument("--margin", type=float, default=PropagationConfig.box_margin,
                    help="the box margin the traces were collected with (recorded in the JSON)")
+    h = sub.add_parser("handover", help="replay the decoder's chain, the box chain and the handover between them")
+    h.add_argument("box", help="collect --decoder box output")
+    h.add_argument("prior", help="collect --decoder prior output of the same subjects and structures")
     a = ap.parse_args()
-    collect(a) if a.cmd == "collect" else fit(a)
+    {"collect": collect, "fit": fit, "handover": handover}[a.cmd](a)
 
 
 if __name__ == "__main__":

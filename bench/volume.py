@@ -1,6 +1,7 @@
 """3-D: slice propagation vs per-slice tight boxes on Colin27 and deformed subjects, volume timing, text-query 3-D Dice.
 
     .venv/bin/python bench/volume.py [--estimate-cold] [--deformed N] [--no-query] [--zoom] [--structures A,B]
+                                     [--boxes-only] [--no-handover] [--no-cross-view]
 
 - prop: 3-D Dice of propagation from ONE tight box on the middle slice of each structure (AAL regions
   + the brain mask), with the default stop rules (models/propagation.py);
@@ -175,14 +176,16 @@ def main() -> None:
     ap.add_argument("--no-query", action="store_true")
     ap.add_argument("--zoom", action="store_true",
                     help="propagation AND the per-slice baseline decode small structures on re-encoded crops (many more encodes)")
-    ap.add_argument("--prior", action="store_true",
-                    help="next slices through the propagation decoder, reading the previous slice's mask (PropagationConfig.prior)")
+    ap.add_argument("--boxes-only", action="store_true",
+                    help="next slices from boxes alone, without the propagation decoder (PropagationConfig(prior=False))")
+    ap.add_argument("--no-handover", action="store_true",
+                    help="the propagation decoder's chain alone, no box chain beside it (PropagationConfig(prior_handover=False))")
     ap.add_argument("--no-cross-view", action="store_true", help="no cross-view refinement")
     ap.add_argument("--structures", default=",".join(STRUCTURES), help="comma-separated subset (AAL names or 'brain')")
     ap.add_argument("--threads", type=int, default=None, help="torch/ONNX threads (default: library default)")
     a = ap.parse_args()
 
-    config = PropagationConfig(zoom=ZoomPolicy() if a.zoom else None, prior=a.prior,
+    config = PropagationConfig(zoom=ZoomPolicy() if a.zoom else None, prior=not a.boxes_only, prior_handover=not a.no_handover,
                                cross_view=None if a.no_cross_view else PropagationConfig().cross_view)
     structures = [s for s in a.structures.split(",") if s]
     seg_factory = lambda cache: build_segmenter("litemedsam", cache=cache, num_threads=a.threads)  # noqa: E731

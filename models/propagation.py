@@ -16,11 +16,14 @@ By default (`stop_rule="learned"`) these signals, with the sweep's history, go t
 model (models/propagation_stop.py) that predicts how much of the new mask is still the structure;
 the hand rules decide only where the model's inputs fall outside what it was fitted on, and the
 area floor always applies. The slice that triggers a stop is not part of the result.
-The next box is the previous mask's box + a small margin ("mask" rule, the default). With `prior`,
-the next slice is decoded from that box AND the previous slice's mask by the segmenter's propagation
-decoder (models/propagation_decoder.py: LiteMedSAM's decoder fine-tuned for this step; a box alone
-leaves the mask a little inside it, and the shortfall carries from slice to slice); it ties with
-boxes alone on the benchmark, so it is an option. Measured worse on Colin27 and kept as options (bench/volume.py, docs/volume.md): a box re-inflated by the gap the model left
+The next box is the previous mask's box + a small margin ("mask" rule, the default). By default
+(`prior`) the next slice is decoded from that box AND the previous slice's mask by the segmenter's
+propagation decoder (models/propagation_decoder.py: LiteMedSAM's decoder fine-tuned for this step; a
+box alone leaves the mask a little inside it, and the shortfall carries from slice to slice), and a
+second chain decoded from boxes alone runs beside it: where the decoder's chain stops, the box
+chain's slices carry on until its own stop (`prior_handover`). Without a propagation decoder (or with
+`prior=False`) slices are decoded from boxes alone. Measured worse on Colin27 and kept as options
+(bench/volume.py, docs/volume.md): a box re-inflated by the gap the model left
 inside the anchor's box ("calibrated", damped), the previous logits as LiteMedSAM's own mask prompt
 (it was trained on boxes only), and zoomed crops for small structures (`zoom`). A prompt
 given on any slice re-anchors the propagation there. Finally the two other views check the 3-D mask
@@ -46,7 +49,7 @@ from integrations.windowing import apply_window, volume_window
 from prompting.promptset import Box, PromptSet, PromptSource
 
 from .cross_view import CrossViewConfig, CrossViewReport, ProgressCallback, refine_across_views
-from .propagation_stop import STOP_MODEL_PATH, STOP_MODEL_PRIOR_PATH, LearnedStop, load_stop_model, stop_features
+from .propagation_stop import STOP_MODEL_PATH, STOP_MODEL_PRIOR_PATH, load_stop_model, stop_features
 from .segmentation import ImageEmbedding, Segmentation
 from .volume_views import VolumeView, reslice, slice_axis
 from .zoom import ZoomPolicy, _shift, crop_window
@@ -82,9 +85,16 @@ class PropagationConfig:
     mask_prompt: bool = False  # also pass the previous slice's low-res logits as SAM's mask input
     # Decode each next slice with the previous slice's mask as a prior beside the box, through the
     # segmenter's propagation decoder (models/propagation_decoder.py) when it has one; the stop model
-    # fitted on that decoder's traces then decides. Off by default: on bench/volume.py it ties with
-    # boxes alone (0.600 vs 0.601: better on Colin27 and the brain, worse on deformed0, docs/volume.md).
-    prior: bool = False
+    # fitted on that decoder's traces then decides. With the handover below, 0.629 vs 0.601 for boxes
+    # alone on bench/volume.py (docs/volume.md).
+    prior: bool = True
+    # With `prior`, a second chain of slices decoded from boxes alone runs beside the decoder's (one more
+    # decode per slice, each chain's boxes from its own masks, each with the stop model fitted on its
+    # decoder). Where the decoder's chain stops, the box chain's slices carry on until its own stop
+    # model stops it: the decoder's stop model, fitted on regions the decoder was trained on, ends
+    # some structures early, and past that point the box chain's masks measured better than the
+    # decoder's (docs/volume.md). False: the decoder's chain alone.
+    prior_handover: bool = True
     # Anatomy changes little between neighbouring slices: the box's width/height may change by at most
     # this fraction (+1 px) of the previous box's per slice, its centre move by at most max_box_shift
     # of its size. This damps the grow-shrink feedback between box and mask. None = undamped.
@@ -126,6 +136,27 @@ class StopEvent:
     direction: int  # +1 towards higher slice indices, -1 towards lower
     index: int  # the slice that was rejected (or the volume edge + direction)
     reason: str
+
+
+@dataclass
+class _Chain:
+    """One sequence of decodes through a sweep: each slice's box (and prior) comes from the chain's own
+    previous mask. `stop` is set at the first slice its stop rule rejected."""
+    prior: bool  # decoded through the propagation decoder (else from boxes alone)
+    anchor: SliceRecord
+    prev: SliceRecord
+    mask: np.ndarray
+    logits: np.ndarray
+    history: list[SliceRecord]
+    stop: StopEvent | None = None
+
+    @classmethod
+    def start(cls, prior: bool, anchor: SliceRecord, mask: np.ndarray, logits: np.ndarray) -> "_Chain":
+        return cls(prior, anchor, anchor, mask, logits, [anchor])
+
+    def advance(self, rec: SliceRecord, seg: Segmentation) -> None:
+        self.prev, self.mask, self.logits = rec, seg.mask, seg.low_res_logits
+        self.history.append(rec)
 
 
 @dataclass
@@ -329,7 +360,6 @@ class _Propagator:
         self.anchor_window: dict[int, tuple[int, int, int, int] | None] = {}
         if config.stop_rule not in ("learned", "hand"):
             raise ValueError(f"unknown stop_rule {config.stop_rule!r}; use 'learned' or 'hand'")
-        self.stop_model: LearnedStop | None = None
 
     def image(self, z: int) -> np.ndarray:
         return apply_window(self.view.volume.voxels[z], self.bounds)
@@ -339,7 +369,13 @@ class _Propagator:
         # the decoder was fitted on whole slices; zoomed crops keep to boxes (and the box stop model)
         return self.config.prior and self.config.zoom is None and getattr(self.segmenter, "propagation_decoder", None) is not None
 
-    def segment(self, z: int, prompt: PromptSet, prior: np.ndarray | None = None) -> tuple[Segmentation, np.ndarray]:
+    @property
+    def uses_guide(self) -> bool:
+        """A chain from boxes alone runs beside the decoder's and carries on where the decoder's stops."""
+        return self.uses_prior and self.config.prior_handover
+
+    def segment(self, z: int, prompt: PromptSet, prior: np.ndarray | None = None,
+                report: bool = True) -> tuple[Segmentation, np.ndarray]:
         img = self.image(z)
         zoom = self.config.zoom
         if zoom is not None and prompt.box is not None and zoom.applies(prompt.clipped(img.shape[:2]).box, img.shape[:2]):
@@ -354,6 +390,8 @@ class _Propagator:
             else:
                 seg = self.segmenter.decode(emb, prompt)
         seg.slice_index = z
+        if not report:
+            return seg, img
         self.done += 1
         if self.progress is not None:
             self.progress(self.done, self.n, f"{self.view.name} slice {z}: {seg.area_px} px")
@@ -373,27 +411,30 @@ class _Propagator:
         )
         return rec
 
-    def learned_stop(self, rec: SliceRecord, history: list[SliceRecord], mask: np.ndarray, img: np.ndarray) -> str | None:
-        """The stop model's verdict, or the hand rules' where the model is out of its domain."""
-        anchor = history[0]
+    def verdict(self, chain: _Chain, rec: SliceRecord, mask: np.ndarray, img: np.ndarray) -> str | None:
+        """Why `chain` stops at `rec` (None: go on), by the configured stop rule."""
+        if self.config.stop_rule == "learned":
+            return self.learned_stop(chain, rec, mask, img)
+        return hand_stop_reason(self.config, rec, chain.prev, chain.anchor, decoder_scores=not chain.prior)
+
+    def learned_stop(self, chain: _Chain, rec: SliceRecord, mask: np.ndarray, img: np.ndarray) -> str | None:
+        """The stop model's verdict (the one fitted on this chain's decoder), or the hand rules' where the
+        model is out of its domain."""
+        anchor = chain.anchor
         gone = vanished(self.config, rec, anchor)
         if gone is not None:
             return gone
-        if self.stop_model is None:
-            self.stop_model = load_stop_model(str(STOP_MODEL_PRIOR_PATH if self.uses_prior else STOP_MODEL_PATH))
+        model = load_stop_model(str(STOP_MODEL_PRIOR_PATH if chain.prior else STOP_MODEL_PATH))
         vol = self.view.volume
-        feats = stop_features(rec, history, mask, img, abs(rec.index - anchor.index) * vol.spacing[2],
+        feats = stop_features(rec, chain.history, mask, img, abs(rec.index - anchor.index) * vol.spacing[2],
                               math.sqrt(vol.pixel_area_mm2))
-        if not self.stop_model.in_domain(feats):
-            return self.stop_reason(rec, history[-1], anchor)
-        rec.stop_score = self.stop_model.predict(feats)
-        if rec.stop_score < self.stop_model.threshold:
+        if not model.in_domain(feats):
+            return hand_stop_reason(self.config, rec, chain.prev, anchor, decoder_scores=not chain.prior)
+        rec.stop_score = model.predict(feats)
+        if rec.stop_score < model.threshold:
             return (f"learned stop: predicted share of the mask inside the structure {rec.stop_score:.2f} "
-                    f"< {self.stop_model.threshold:.2f}")
+                    f"< {model.threshold:.2f}")
         return None
-
-    def stop_reason(self, rec: SliceRecord, prev: SliceRecord, anchor: SliceRecord) -> str | None:
-        return hand_stop_reason(self.config, rec, prev, anchor, decoder_scores=not self.uses_prior)
 
     def anchor(self, z: int) -> SliceRecord | None:
         prompt = self.seeds[z]
@@ -418,9 +459,9 @@ class _Propagator:
         self.calibration[z] = tuple(float(min(max(g, 0.0), cap)) for g in gaps)
         return rec
 
-    def next_box(self, prev: SliceRecord, anchor_z: int) -> Box:
+    def next_box(self, prev: SliceRecord, prev_mask: np.ndarray, anchor_z: int) -> Box:
         c = self.config
-        mask_box = _mask_box(self.masks[prev.index])
+        mask_box = _mask_box(prev_mask)
         shape = self.view.volume.shape[1:]
         if c.box_rule == "mask":
             return enlarge_box(mask_box, shape, c.box_margin, c.box_margin_px)
@@ -437,10 +478,29 @@ class _Propagator:
         return Box(max(0.0, cand[0]), max(0.0, cand[1]), min(ww - 1.0, cand[2]), min(hh - 1.0, cand[3]),
                    source=PromptSource.REFINEMENT)
 
+    def step(self, chain: _Chain, z: int, report: bool = True) -> tuple[SliceRecord, Segmentation, np.ndarray]:
+        """Decode slice `z` of `chain` from the box (and, through the decoder, the mask) of its previous slice."""
+        box = self.next_box(chain.prev, chain.mask, chain.anchor.index)
+        prompt = PromptSet(box=box, label=self.label)
+        if self.config.mask_prompt:
+            prompt = prompt.with_mask_input(chain.logits)
+        seg, img = self.segment(z, prompt, prior=chain.mask if chain.prior else None, report=report)
+        return self.record(z, seg, img, chain.mask, False, box), seg, img
+
     def sweep(self, z0: int, direction: int, anchor: SliceRecord) -> None:
+        """Propagate from anchor slice `z0` towards `direction` until the stop rule ends the structure.
+
+        `main` is the chain whose slices are kept (the decoder's with `prior`, else boxes alone); with a
+        guide (the box chain beside the decoder's), the guide's slices are kept once `main` has stopped,
+        until the guide stops too."""
         self.zoomer.window = self.anchor_window.get(z0)  # both directions start from the anchor's frame
-        prev = anchor
-        history = [anchor]
+
+        def chains(a: SliceRecord) -> tuple[_Chain, _Chain | None]:
+            m, lg = self.masks[a.index], self.logits[a.index]
+            return (_Chain.start(self.uses_prior, a, m, lg),
+                    _Chain.start(False, a, m, lg) if self.uses_guide else None)
+
+        main, guide = chains(anchor)
         z = z0 + direction
         steps = 0
         limit = self.config.max_slices
@@ -454,32 +514,43 @@ class _Propagator:
                 rec = self.anchor(z)
                 if rec is None:
                     return
-                anchor = prev = rec
-                history = [anchor]
+                main, guide = chains(rec)
                 z += direction
                 steps += 1
                 continue
-            box = self.next_box(prev, anchor.index)
-            prompt = PromptSet(box=box, label=self.label)
-            if self.config.mask_prompt:
-                prompt = prompt.with_mask_input(self.logits[prev.index])
-            seg, img = self.segment(z, prompt, prior=self.masks[prev.index])
-            rec = self.record(z, seg, img, self.masks[prev.index], False, box)
-            if self.config.stop_rule == "learned":
-                reason = self.learned_stop(rec, history, seg.mask, img)
-            else:
-                reason = self.stop_reason(rec, prev, anchor)
-            if reason is not None:
-                self.stops.append(StopEvent(direction, z, reason))
+            kept = None
+            for chain in (main, guide):
+                if chain is None or chain.stop is not None:
+                    continue
+                rec, seg, img = self.step(chain, z, report=kept is None)
+                reason = self.verdict(chain, rec, seg.mask, img)
+                if reason is not None:
+                    chain.stop = StopEvent(direction, z, reason)
+                    continue
+                chain.advance(rec, seg)
+                kept = kept or (rec, seg)
+            if kept is None:
+                self.stops.append(main.stop if guide is None else self.handed_over(direction, z, main.stop, guide.stop))
                 return
+            rec, seg = kept
             self.masks[z] = seg.mask
             self.logits[z] = seg.low_res_logits
             self.records[z] = rec
-            prev = rec
-            history.append(rec)
             z += direction
             steps += 1
         self.stops.append(StopEvent(direction, z, "reached the edge of the volume"))
+
+    @staticmethod
+    def handed_over(direction: int, z: int, own: StopEvent, guide: StopEvent) -> StopEvent:
+        if guide.index == own.index:
+            what = f"both chains stopped at slice {own.index}: the decoder's ({own.reason}), the box chain ({guide.reason})"
+        elif guide.index > own.index:
+            what = (f"the decoder's chain stopped at slice {own.index} ({own.reason}); the box chain's slices "
+                    f"went on to slice {guide.index}, where it stopped ({guide.reason})")
+        else:
+            what = (f"the box chain stopped at slice {guide.index} ({guide.reason}); the decoder's chain went on "
+                    f"to slice {own.index}, where it stopped ({own.reason})")
+        return StopEvent(direction, z, what)
 
     def run(self) -> None:
         for z in sorted(self.seeds):
@@ -494,8 +565,10 @@ class _Propagator:
 
 def _decoder_note(prop: _Propagator) -> str:
     if prop.uses_prior:
+        then = ("; where its stop rule stopped, a chain decoded from boxes alone beside it carried on to its own stop"
+                if prop.uses_guide else "")
         return ("next slices decoded with the previous slice's mask as a prior (propagation decoder "
-                f"{prop.segmenter.propagation_decoder.source})")
+                f"{prop.segmenter.propagation_decoder.source}){then}")
     why = ("prior=False" if not prop.config.prior else "zoomed crops: the decoder reads whole slices" if prop.config.zoom
            else "the segmenter has no propagation decoder")
     return f"next slices decoded from boxes alone ({why})"

@@ -9,9 +9,11 @@ subjects and atlas regions disjoint from bench/volume.py's) on exactly the propa
 neighbouring slice's mask (LiteMedSAM's own or the label's, often eroded by 1-3 px) as the prior,
 the box around it (+5 % + 2 px, propagation's own box) as the prompt, the label on this slice as
 the target, and an empty target where the structure has ended. It learns how far the structure
-reaches past an under-drawn prior and that a structure can end. Propagation uses it when asked
-(`PropagationConfig(prior=True)`, `clinseg segment-3d --prior`): on the volume benchmark it ties with
-boxes alone, fuller masks but earlier stops (docs/volume.md).
+reaches past an under-drawn prior and that a structure can end. Propagation uses it by default
+(`PropagationConfig.prior`; `clinseg segment-3d --boxes-only` turns it off), with a chain decoded from
+boxes alone beside it that carries on where the decoder's own stop rule ends a structure: alone the
+decoder drew fuller masks but stopped early and tied with boxes alone on the volume benchmark; with
+that handover it gains (docs/volume.md).
 
 The prior goes in as a binary mask in the model frame, +-`PRIOR_LOGIT` (what the training fed; the
 previous decode's raw logits are not used: a prior may come from a zoomed crop or a user's edit).

@@ -7,7 +7,9 @@ import pytest
 from integrations.errors import ModelWeightsError
 from integrations.metrics import dice
 from integrations.volume import Volume
+import models.propagation as propagation_module
 from models.propagation import PropagationConfig, propagate
+from models.propagation_stop import STOP_MODEL_PRIOR_PATH, LearnedStop, load_stop_model
 from models.propagation_decoder import (BUNDLED_CHECKPOINT, CHECKPOINT_ENV, PRIOR_LOGIT, PropagationDecoder,
                                         prior_in_model_frame, propagation_decoder_for)
 from prompting.promptset import PromptSet
@@ -74,16 +76,14 @@ def test_without_a_decoder_or_a_box_the_prompt_alone_is_decoded(segmenter, disc_
 
 
 def test_propagation_says_which_decoder_drew_the_next_slices(segmenter, monkeypatch):
-    yy, xx = np.mgrid[:64, :64]
-    disc = (yy - 32) ** 2 + (xx - 30) ** 2 <= 14 ** 2
-    vox = np.stack([100 + 700 * disc * (abs(z - 3) <= 2) for z in range(7)]).astype(np.float32)
-    vol = Volume(vox, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), modality="MR")
+    vol, disc = _disc_volume()
+    vox = vol.voxels
     seed = {3: PromptSet.from_box(*mask_box(disc))}
-    res = propagate(segmenter, vol, seed, config=PropagationConfig(cross_view=None, prior=True))
+    res = propagate(segmenter, vol, seed, config=PropagationConfig(cross_view=None))  # the default
     assert any("previous slice's mask as a prior" in n and "propagation_decoder.pt" in n for n in res.notes), res.notes
     assert res.slice_range == (1, 5), res.notes  # the disc spans slices 1..5
     assert dice(res.mask, vox > 400) > 0.9
-    boxes = propagate(segmenter, vol, seed, config=PropagationConfig(cross_view=None))  # the default
+    boxes = propagate(segmenter, vol, seed, config=PropagationConfig(cross_view=None, prior=False))
     assert any("boxes alone (prior=False)" in n for n in boxes.notes), boxes.notes
     monkeypatch.setattr(segmenter, "propagation_decoder", None)
     none = propagate(segmenter, vol, seed, config=PropagationConfig(cross_view=None, prior=True))
@@ -91,25 +91,71 @@ def test_propagation_says_which_decoder_drew_the_next_slices(segmenter, monkeypa
     assert np.array_equal(none.mask, boxes.mask)
 
 
-def test_cli_segment_3d_prior_flag(tmp_path, capsys):
+def _disc_volume():
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 30) ** 2 <= 14 ** 2
+    vox = np.stack([100 + 700 * disc * (abs(z - 3) <= 2) for z in range(7)]).astype(np.float32)
+    return Volume(vox, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), modality="MR"), disc
+
+
+def test_where_the_decoders_chain_stops_the_box_chain_carries_on_to_its_own_stop(segmenter, monkeypatch):
+    import dataclasses
+
+    vol, disc = _disc_volume()
+    seed = {3: PromptSet.from_box(*mask_box(disc))}
+    asked = []
+
+    def stop_models(prior_threshold, box_threshold):
+        def load(path):
+            # in domain everywhere; threshold 1.01 rejects every slice, -1 keeps every slice
+            tree = load_stop_model(path).model
+            tree = dataclasses.replace(tree, low=(-1e9,) * len(tree.features), high=(1e9,) * len(tree.features))
+            prior = path == str(STOP_MODEL_PRIOR_PATH)
+            asked.append("prior" if prior else "box")
+            return LearnedStop(tree, prior_threshold if prior else box_threshold, "test")
+        monkeypatch.setattr(propagation_module, "load_stop_model", load)
+
+    stop_models(1.01, -1.0)
+    own = propagate(segmenter, vol, seed, config=PropagationConfig(cross_view=None, prior=True, prior_handover=False))
+    assert own.slice_range == (3, 3) and set(asked) == {"prior"}, own.notes
+    asked.clear()
+    both = propagate(segmenter, vol, seed, config=PropagationConfig(cross_view=None, prior=True))
+    assert set(asked) == {"prior", "box"}
+    assert any("a chain decoded from boxes alone beside it carried on" in n for n in both.notes), both.notes
+    # the box chain never stops (only the area floor would): its slices are kept to the volume's edges ...
+    assert both.slice_range == (0, 6) and all("edge of the volume" in s.reason for s in both.stops), both.notes
+    boxes = propagate(segmenter, vol, seed, config=PropagationConfig(cross_view=None))
+    assert np.array_equal(both.mask, boxes.mask)  # ... and they are the box chain's own
+    assert all(r.stop_score > -1.0 for r in both.slices if not r.anchor)  # scored by the box chain's model
+
+    stop_models(-1.0, 1.01)  # the box chain stops at once, the decoder's chain goes on
+    both = propagate(segmenter, vol, seed, config=PropagationConfig(cross_view=None, prior=True))
+    alone = propagate(segmenter, vol, seed, config=PropagationConfig(cross_view=None, prior=True, prior_handover=False))
+    assert np.array_equal(both.mask, alone.mask)
+
+    stop_models(1.01, 1.01)
+    both = propagate(segmenter, vol, seed, config=PropagationConfig(cross_view=None, prior=True))
+    assert both.slice_range == (3, 3)
+    assert sorted(s.index for s in both.stops) == [2, 4]
+    assert all("both chains stopped at slice" in s.reason and "the box chain (learned stop" in s.reason for s in both.stops)
+
+
+def test_cli_segment_3d_uses_the_decoder_unless_boxes_only(tmp_path, capsys):
     import json
 
     from app.cli import main
     from integrations.mask_io import write_mask
 
-    yy, xx = np.mgrid[:64, :64]
-    disc = (yy - 32) ** 2 + (xx - 30) ** 2 <= 14 ** 2
-    vox = np.stack([100 + 700 * disc * (abs(z - 3) <= 2) for z in range(7)]).astype(np.float32)
-    vol = Volume(vox, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), modality="MR")
-    study = write_mask(tmp_path / "study.nii.gz", vol, vox)
+    vol, disc = _disc_volume()
+    study = write_mask(tmp_path / "study.nii.gz", vol, vol.voxels)
     box = [str(v) for v in mask_box(disc)]
     notes = {}
-    for flag in ([], ["--prior"]):
+    for flag in ([], ["--boxes-only"]):
         out = tmp_path / f"mask{len(flag)}.nii.gz"
         assert main(["segment-3d", str(study), "--box", *box, "--slice", "3", "--no-cross-view", *flag, "--out", str(out)]) == 0
         notes[bool(flag)] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["notes"]
-    assert any("as a prior" in n for n in notes[True]), notes[True]
-    assert any("boxes alone (prior=False)" in n for n in notes[False]), notes[False]
+    assert any("as a prior" in n and "boxes alone beside it" in n for n in notes[False]), notes[False]
+    assert any("boxes alone (prior=False)" in n for n in notes[True]), notes[True]
 
 
 def test_a_prior_of_the_wrong_size_is_refused(segmenter, disc_image):
