@@ -29,7 +29,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .decoder_checkpoint import DELTA_FORMAT, checkpoint_states, configured_checkpoint, load_twin, save_checkpoint  # noqa: F401 (re-exported)
+from .decoder_checkpoint import (DELTA_FORMAT, checkpoint_states, compile_twin, configured_checkpoint, load_twin,  # noqa: F401 (re-exported)
+                                 mask_iou, save_checkpoint)
 
 BUNDLED_CHECKPOINT = Path(__file__).with_name("click_decoder.pt")
 CHECKPOINT_ENV = "CLINSEG_CLICK_DECODER"
@@ -68,29 +69,15 @@ class ClickDecoder:
         and the reason is returned."""
         self._last = None  # a reading by the other runtime is not this one's
         try:
-            from .onnx_export import DecoderOnnxModel, OPSET, _export, clinseg_version, default_export_root, weights_fingerprint
-            from .openvino_runtime import OpenVinoGraph, native_bf16
-
-            root = Path(export_root).expanduser() if export_root else default_export_root()
-            fp = weights_fingerprint(torch.nn.ModuleList([self.prompt_encoder, self.mask_decoder]))
-            path = root / f"click_decoder-w{fp[:16]}-clinseg{clinseg_version()}-opset{OPSET}.onnx"
-            if not path.is_file():
-                root.mkdir(parents=True, exist_ok=True)
-                model = DecoderOnnxModel(_TwinSam(self.prompt_encoder, self.mask_decoder)).eval()
-                h, w = self.prompt_encoder.image_embedding_size
-                emb = torch.zeros(1, self.prompt_encoder.embed_dim, h, w)
-                side = self.prompt_encoder.mask_input_size
-                _export(model, (emb, torch.tensor([[[60.0, 70.0], [10.0, 10.0]]]), torch.tensor([[1.0, 0.0]]),
-                                torch.zeros(1, 1, *side), torch.zeros(1)), path,
-                        ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
-                        ["low_res_logits", "iou_predictions"],
-                        {"point_coords": {1: "points"}, "point_labels": {1: "points"}})
-            # bf16 where the CPU has it natively: 2x faster, masks at IoU >= 0.99 with PyTorch's (measured)
-            precision = "bf16" if native_bf16() else "f32"
-            self._graph = OpenVinoGraph(path, int(threads or torch.get_num_threads()), precision, fuse_snippets=False)
+            h, w = self.prompt_encoder.image_embedding_size
+            side = self.prompt_encoder.mask_input_size
+            example = (torch.zeros(1, self.prompt_encoder.embed_dim, h, w), torch.tensor([[[60.0, 70.0], [10.0, 10.0]]]),
+                       torch.tensor([[1.0, 0.0]]), torch.zeros(1, 1, *side), torch.zeros(1))
+            self._graph, self.runtime_note = compile_twin(self.prompt_encoder, self.mask_decoder, "click_decoder", example,
+                                                          {"point_coords": {1: "points"}, "point_labels": {1: "points"}},
+                                                          threads, export_root)
             self._validated = False
             self.runtime = "openvino"
-            self.runtime_note = f"OpenVINO {precision} ({path.name}), checked against PyTorch on its first reading"
         except Exception as e:  # noqa: BLE001 - any export/compile failure leaves the PyTorch twin in place
             self._graph = None
             self.runtime, self.runtime_note = "torch", f"PyTorch eager (OpenVINO click decoder unavailable: {e})"
@@ -140,7 +127,7 @@ class ClickDecoder:
             if self._validated:
                 return low_res, np.asarray(iou)
             ref_low, ref_iou = self._read_torch(embedding.features, xy, labels)
-            agreement = min(_iou(a > 0, b > 0) for a, b in zip(low_res[0].numpy(), ref_low[0].numpy()))
+            agreement = min(mask_iou(a > 0, b > 0) for a, b in zip(low_res[0].numpy(), ref_low[0].numpy()))
             if agreement >= self.MIN_AGREEMENT:
                 self._validated = True
                 return low_res, np.asarray(iou)
@@ -154,18 +141,6 @@ class ClickDecoder:
         low_res, iou = self.mask_decoder(image_embeddings=features.float(), image_pe=self.prompt_encoder.get_dense_pe(),
                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
         return low_res, iou.numpy()
-
-
-class _TwinSam:
-    """What the ONNX export reads of a Sam: its prompt encoder and mask decoder."""
-
-    def __init__(self, prompt_encoder, mask_decoder):
-        self.prompt_encoder, self.mask_decoder = prompt_encoder, mask_decoder
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = int((a | b).sum())
-    return float((a & b).sum()) / union if union else 1.0
 
 
 def click_decoder_for(sam, name: str) -> ClickDecoder | None:

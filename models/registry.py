@@ -127,6 +127,8 @@ def build_segmenter(name: str = "litemedsam", checkpoint: str | os.PathLike | No
                    precision=precision or os.environ.get(PRECISION_ENV, "auto"),
                    decoder_precision=decoder_precision or os.environ.get(DECODER_PRECISION_ENV, "auto"))
     report = segmenter.runtime_report
-    if segmenter.click_decoder is not None and report is not None and report.decoder_runtime == "openvino":
-        segmenter.click_decoder.use_openvino(num_threads)
+    if report is not None and report.decoder_runtime == "openvino":
+        for twin in (segmenter.click_decoder, segmenter.propagation_decoder):
+            if twin is not None:
+                twin.use_openvino(num_threads)
     return segmenter

@@ -158,6 +158,38 @@ def test_cli_segment_3d_uses_the_decoder_unless_boxes_only(tmp_path, capsys):
     assert any("boxes alone (prior=False)" in n for n in notes[True]), notes[True]
 
 
+def test_the_openvino_decoder_decodes_like_pytorch_or_steps_aside(segmenter, disc_image, tmp_path):
+    from models.propagation import _mask_box, enlarge_box
+
+    img, mask = disc_image
+    emb = segmenter.embed(img)
+    tr = segmenter.transform_for(img.shape)
+    prior = prior_in_model_frame(mask, tr, 256)
+    box = tr.box_to_model(enlarge_box(_mask_box(mask), mask.shape, 0.05, 2.0).as_array())
+    twin = PropagationDecoder.from_checkpoint(segmenter.sam, BUNDLED_CHECKPOINT)
+    want, want_iou = twin.decode_logits(emb.features, box, prior)
+    note = twin.use_openvino(2, tmp_path)
+    assert twin.runtime == "openvino" and "f32" in note, note
+    assert list(tmp_path.glob("propagation_decoder-w*.onnx"))  # exported once, keyed by the twin's weights
+    for _ in range(2):  # the first decode is checked against PyTorch's, the second runs on its own
+        got, got_iou = twin.decode_logits(emb.features, box, prior)
+        assert twin.runtime == "openvino" and twin._validated
+        assert got.shape == want.shape and got_iou.shape == want_iou.shape
+        assert np.array_equal(got.numpy() > 0, want.numpy() > 0)
+        assert abs(float(got_iou) - float(want_iou)) < 1e-3
+    # a compiled graph that disagrees is dropped on its first decode, and PyTorch's answer returned
+    other = PropagationDecoder.from_checkpoint(segmenter.sam, BUNDLED_CHECKPOINT)
+    other.use_openvino(2, tmp_path)
+
+    class Wrong:
+        def run(self, feeds):
+            return np.full((1, 4, 256, 256), -5.0, np.float32), np.zeros((1, 4), np.float32)
+    other._graph = Wrong()
+    got, _ = other.decode_logits(emb.features, box, prior)
+    assert other.runtime == "torch" and "disagreed" in other.runtime_note
+    assert np.array_equal(got.numpy() > 0, want.numpy() > 0)
+
+
 def test_a_prior_of_the_wrong_size_is_refused(segmenter, disc_image):
     from integrations.errors import InvalidPromptError
 
