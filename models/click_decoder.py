@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .decoder_checkpoint import (DELTA_FORMAT, checkpoint_states, compile_twin, configured_checkpoint, load_twin,  # noqa: F401 (re-exported)
+from .decoder_checkpoint import (DELTA_FORMAT, TwinDecoder, checkpoint_states, configured_checkpoint, load_twin,  # noqa: F401 (re-exported)
                                  mask_iou, save_checkpoint)
 
 BUNDLED_CHECKPOINT = Path(__file__).with_name("click_decoder.pt")
@@ -47,41 +47,26 @@ class ClickReading:
         return self.masks[int(np.argmax(self.iou))]
 
 
-class ClickDecoder:
+class ClickDecoder(TwinDecoder):
     """Fine-tuned copies of a segmenter's prompt encoder and mask decoder (the encoder is shared)."""
 
-    # a compiled reading must match PyTorch's this well (IoU of every mask) on its first call
-    MIN_AGREEMENT = 0.97
+    NAME = "click decoder"
+    EXPORT_NAME = "click_decoder"
+    DYNAMIC_AXES = {"point_coords": {1: "points"}, "point_labels": {1: "points"}}
 
     def __init__(self, prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module, source: str):
-        self.prompt_encoder = prompt_encoder.eval()
-        self.mask_decoder = mask_decoder.eval()
-        self.source = source
-        self._graph = None  # an OpenVINO graph of the twin, on probation until its first reading
-        self._validated = False
-        self.runtime = "torch"
-        self.runtime_note = "PyTorch eager"
+        super().__init__(prompt_encoder, mask_decoder, source)
         # the last reading: a click is read to decide how to answer it, then decoded (the same reading)
         self._last: tuple | None = None
+
+    def example_prompt(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.tensor([[[60.0, 70.0], [10.0, 10.0]]]), torch.tensor([[1.0, 0.0]]), torch.zeros(1)
 
     def use_openvino(self, threads: int | None = None, export_root: str | os.PathLike | None = None) -> str:
         """Compile the twin with OpenVINO (bf16 where native, else f32); on any failure PyTorch stays,
         and the reason is returned."""
         self._last = None  # a reading by the other runtime is not this one's
-        try:
-            h, w = self.prompt_encoder.image_embedding_size
-            side = self.prompt_encoder.mask_input_size
-            example = (torch.zeros(1, self.prompt_encoder.embed_dim, h, w), torch.tensor([[[60.0, 70.0], [10.0, 10.0]]]),
-                       torch.tensor([[1.0, 0.0]]), torch.zeros(1, 1, *side), torch.zeros(1))
-            self._graph, self.runtime_note = compile_twin(self.prompt_encoder, self.mask_decoder, "click_decoder", example,
-                                                          {"point_coords": {1: "points"}, "point_labels": {1: "points"}},
-                                                          threads, export_root)
-            self._validated = False
-            self.runtime = "openvino"
-        except Exception as e:  # noqa: BLE001 - any export/compile failure leaves the PyTorch twin in place
-            self._graph = None
-            self.runtime, self.runtime_note = "torch", f"PyTorch eager (OpenVINO click decoder unavailable: {e})"
-        return self.runtime_note
+        return super().use_openvino(threads, export_root)
 
     def _read_openvino(self, features: torch.Tensor, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         side = self.prompt_encoder.mask_input_size
@@ -131,8 +116,7 @@ class ClickDecoder:
             if agreement >= self.MIN_AGREEMENT:
                 self._validated = True
                 return low_res, np.asarray(iou)
-            self._graph = None
-            self.runtime, self.runtime_note = "torch", f"PyTorch eager (OpenVINO click decoder disagreed: mask IoU {agreement:.3f})"
+            self.step_aside(agreement)
             return ref_low, ref_iou
         return self._read_torch(embedding.features, xy, labels)
 

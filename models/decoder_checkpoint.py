@@ -126,6 +126,52 @@ def compile_twin(prompt_encoder, mask_decoder, name: str, example: tuple, dynami
     return graph, f"OpenVINO {precision} ({path.name}), checked against PyTorch on its first decode"
 
 
+class TwinDecoder:
+    """Fine-tuned copies of a backend's prompt encoder + mask decoder (the image encoder is shared), run
+    in PyTorch or, once compiled (`use_openvino`), in OpenVINO: the graph is on probation until its first
+    call agrees with PyTorch's masks (`MIN_AGREEMENT`), and steps aside otherwise."""
+
+    NAME = "twin decoder"  # in notes
+    EXPORT_NAME = "twin_decoder"  # the exported graph's file name
+    PRECISION: str | None = None  # compile_twin's: None = bf16 where native
+    DYNAMIC_AXES: dict | None = None
+    MIN_AGREEMENT = 0.97  # IoU of every mask with PyTorch's on the compiled graph's first call
+
+    def __init__(self, prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module, source: str):
+        self.prompt_encoder = prompt_encoder.eval()
+        self.mask_decoder = mask_decoder.eval()
+        self.source = source
+        self._graph = None
+        self._validated = False
+        self.runtime = "torch"
+        self.runtime_note = "PyTorch eager"
+
+    def example_prompt(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(point_coords, point_labels, has_mask_input) of a typical call, to trace the export with."""
+        raise NotImplementedError
+
+    def use_openvino(self, threads: int | None = None, export_root: str | os.PathLike | None = None) -> str:
+        """Compile the twin with OpenVINO; on any failure PyTorch stays, and the reason is returned."""
+        try:
+            h, w = self.prompt_encoder.image_embedding_size
+            coords, labels, has_mask = self.example_prompt()
+            example = (torch.zeros(1, self.prompt_encoder.embed_dim, h, w), coords, labels,
+                       torch.zeros(1, 1, *self.prompt_encoder.mask_input_size), has_mask)
+            self._graph, self.runtime_note = compile_twin(self.prompt_encoder, self.mask_decoder, self.EXPORT_NAME, example,
+                                                          self.DYNAMIC_AXES, threads, export_root, self.PRECISION)
+            self._validated = False
+            self.runtime = "openvino"
+        except Exception as e:  # noqa: BLE001 - any export/compile failure leaves the PyTorch twin in place
+            self._graph = None
+            self.runtime, self.runtime_note = "torch", f"PyTorch eager (OpenVINO {self.NAME} unavailable: {e})"
+        return self.runtime_note
+
+    def step_aside(self, agreement: float) -> None:
+        """The compiled graph disagreed with PyTorch: drop it for good."""
+        self._graph = None
+        self.runtime, self.runtime_note = "torch", f"PyTorch eager (OpenVINO {self.NAME} disagreed: mask IoU {agreement:.3f})"
+
+
 def mask_iou(a, b) -> float:
     union = int((a | b).sum())
     return float((a & b).sum()) / union if union else 1.0

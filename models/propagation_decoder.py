@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .decoder_checkpoint import compile_twin, configured_checkpoint, load_twin, mask_iou
+from .decoder_checkpoint import TwinDecoder, configured_checkpoint, load_twin, mask_iou
 from .transforms import SliceTransform
 
 BUNDLED_CHECKPOINT = Path(__file__).with_name("propagation_decoder.pt")
@@ -51,39 +51,19 @@ def prior_in_model_frame(mask: np.ndarray, transform: SliceTransform, side: int)
     return np.where(frame, PRIOR_LOGIT, -PRIOR_LOGIT).astype(np.float32)
 
 
-class PropagationDecoder:
-    """Fine-tuned copies of a segmenter's prompt encoder and mask decoder (the image encoder is shared)."""
+class PropagationDecoder(TwinDecoder):
+    """Fine-tuned copies of a segmenter's prompt encoder and mask decoder (the image encoder is shared).
 
-    # a compiled graph is kept only if its first masks agree with PyTorch's this well (IoU)
-    MIN_AGREEMENT = 0.97
+    Compiled by OpenVINO in f32 (a brain through Colin27: 8.2 s against 11.3 s in PyTorch, the same
+    masks; bf16 was faster, 7.1 s, but each slice's small differences carried into the next one's
+    prior: Dice 0.967 with PyTorch's 3-D mask)."""
 
-    def __init__(self, prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module, source: str):
-        self.prompt_encoder = prompt_encoder.eval()
-        self.mask_decoder = mask_decoder.eval()
-        self.source = source
-        self._graph = None  # an OpenVINO graph of the twin, on probation until its first decode
-        self._validated = False
-        self.runtime = "torch"
-        self.runtime_note = "PyTorch eager"
+    NAME = "propagation decoder"
+    EXPORT_NAME = "propagation_decoder"
+    PRECISION = "f32"
 
-    def use_openvino(self, threads: int | None = None, export_root: str | os.PathLike | None = None) -> str:
-        """Compile the twin with OpenVINO in f32 (a brain through Colin27: 8.2 s against 11.3 s in PyTorch,
-        the same masks; bf16 was faster, 7.1 s, but each slice's small differences carried into the next
-        one's prior: Dice 0.967 with PyTorch's 3-D mask). On any failure PyTorch stays, and the reason is
-        returned."""
-        try:
-            h, w = self.prompt_encoder.image_embedding_size
-            side = self.prompt_encoder.mask_input_size
-            example = (torch.zeros(1, self.prompt_encoder.embed_dim, h, w), torch.tensor([[[10.0, 10.0], [60.0, 70.0]]]),
-                       torch.tensor([[2.0, 3.0]]), torch.zeros(1, 1, *side), torch.ones(1))
-            self._graph, self.runtime_note = compile_twin(self.prompt_encoder, self.mask_decoder, "propagation_decoder",
-                                                          example, None, threads, export_root, precision="f32")
-            self._validated = False
-            self.runtime = "openvino"
-        except Exception as e:  # noqa: BLE001 - any export/compile failure leaves the PyTorch twin in place
-            self._graph = None
-            self.runtime, self.runtime_note = "torch", f"PyTorch eager (OpenVINO propagation decoder unavailable: {e})"
-        return self.runtime_note
+    def example_prompt(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.tensor([[[10.0, 10.0], [60.0, 70.0]]]), torch.tensor([[2.0, 3.0]]), torch.ones(1)
 
     @classmethod
     def from_checkpoint(cls, sam, path: str | os.PathLike) -> "PropagationDecoder":
@@ -116,8 +96,7 @@ class PropagationDecoder:
         if agreement >= self.MIN_AGREEMENT:
             self._validated = True
             return low_res, iou
-        self._graph = None
-        self.runtime, self.runtime_note = "torch", f"PyTorch eager (OpenVINO propagation decoder disagreed: mask IoU {agreement:.3f})"
+        self.step_aside(agreement)
         return ref_low, ref_iou
 
     def _decode_torch(self, features: torch.Tensor, box_model: np.ndarray, prior: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
