@@ -542,9 +542,10 @@ class _Propagator:
 
     @staticmethod
     def handed_over(direction: int, z: int, own: StopEvent, guide: StopEvent) -> StopEvent:
-        if guide.index == own.index:
+        ahead = (guide.index - own.index) * direction  # > 0: the box chain went further from the anchor
+        if ahead == 0:
             what = f"both chains stopped at slice {own.index}: the decoder's ({own.reason}), the box chain ({guide.reason})"
-        elif guide.index > own.index:
+        elif ahead > 0:
             what = (f"the decoder's chain stopped at slice {own.index} ({own.reason}); the box chain's slices "
                     f"went on to slice {guide.index}, where it stopped ({guide.reason})")
         else:

@@ -140,6 +140,21 @@ def test_where_the_decoders_chain_stops_the_box_chain_carries_on_to_its_own_stop
     assert all("both chains stopped at slice" in s.reason and "the box chain (learned stop" in s.reason for s in both.stops)
 
 
+def test_the_handover_reason_names_the_chain_that_went_further_in_either_direction():
+    from models.propagation import StopEvent, _Propagator
+
+    def reason(direction, own_z, guide_z):
+        own, guide = StopEvent(direction, own_z, "own"), StopEvent(direction, guide_z, "guide")
+        return _Propagator.handed_over(direction, guide_z if (guide_z - own_z) * direction > 0 else own_z, own, guide).reason
+
+    # upwards the box chain stopping at a higher slice went further; downwards at a lower one
+    assert reason(1, 40, 45).startswith("the decoder's chain stopped at slice 40 (own); the box chain's slices went on to slice 45")
+    assert reason(-1, 40, 35).startswith("the decoder's chain stopped at slice 40 (own); the box chain's slices went on to slice 35")
+    assert reason(-1, 35, 40).startswith("the box chain stopped at slice 40 (guide); the decoder's chain went on to slice 35")
+    assert reason(1, 45, 40).startswith("the box chain stopped at slice 40 (guide); the decoder's chain went on to slice 45")
+    assert reason(-1, 38, 38).startswith("both chains stopped at slice 38")
+
+
 def test_cli_segment_3d_uses_the_decoder_unless_boxes_only(tmp_path, capsys):
     import json
 
