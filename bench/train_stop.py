@@ -231,9 +231,7 @@ def fit(a) -> None:
     if a.check:
         tc, cc = load(a.check)
         p = tree.score({f: tc[f] for f in STOP_FEATURES})
-        xs = features(tc)
-        out = (xs < np.asarray(entry["range"]["low"])) | (xs > np.asarray(entry["range"]["high"]))
-        in_dom = out.mean(1) <= entry["range"]["max_outside"]
+        in_dom = in_domain_rows(tree, tc)
         learned = np.where(in_dom, p < threshold, tc["hand_stop"])
         rows = {"hand": kept_prefix(tc["hand_stop"], tc, cc), "learned": kept_prefix(learned, tc, cc),
                 "learned, no gate": kept_prefix(p < threshold, tc, cc)}
@@ -252,18 +250,22 @@ def fit(a) -> None:
         print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
 
 
+def in_domain_rows(tree, t: dict[str, np.ndarray]) -> np.ndarray:
+    """Per traced slice, whether the stop model trusts itself there (`LearnedStop.in_domain`, row by row)."""
+    from prompting.proposal_ranker import feature_matrix
+
+    if tree.low is None or tree.high is None:
+        return np.ones(len(t["case"]), bool)
+    x = feature_matrix(t, tree.features)
+    return ((x < np.asarray(tree.low)) | (x > np.asarray(tree.high))).mean(1) <= tree.max_outside
+
+
 def stop_flags(t: dict[str, np.ndarray], path: Path) -> np.ndarray:
     """Each traced slice's verdict under the bundled stop model at `path`, as propagation decides it: the
     model where the slice's features are in its domain, the hand rules elsewhere."""
-    from prompting.proposal_ranker import feature_matrix
-
     model = load_stop_model(str(path))
     tree = model.model
-    in_dom = np.ones(len(t["case"]), bool)
-    if tree.low is not None and tree.high is not None:
-        x = feature_matrix(t, tree.features)
-        in_dom = ((x < np.asarray(tree.low)) | (x > np.asarray(tree.high))).mean(1) <= tree.max_outside
-    return np.where(in_dom, tree.score({f: t[f] for f in STOP_FEATURES}) < model.threshold, t["hand_stop"])
+    return np.where(in_domain_rows(tree, t), tree.score({f: t[f] for f in STOP_FEATURES}) < model.threshold, t["hand_stop"])
 
 
 def first_stops(stop: np.ndarray, t: dict[str, np.ndarray], cases: list[dict]) -> dict[tuple, float]:
