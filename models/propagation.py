@@ -66,6 +66,13 @@ class PropagationConfig:
     # (docs/volume.md: 0.10-0.20 with the learned stop won on the training regions, lost on bench/volume.py's).
     box_margin: float = 0.05
     box_margin_px: float = 2.0  # ... plus this many pixels (a 1-pixel object still gets a usable box)
+    # The first slice after a prompted one: its box (before the margins) lies this far from the prompted
+    # slice's mask box towards the prompt's own box (0: the mask's box, as for every later slice; 1: the
+    # prompt's). LiteMedSAM draws its mask inside the box, sometimes well inside (a hippocampus: 77 px of
+    # a 184-px section), and every later box, built from masks, inherits the shortfall; the user's box
+    # says how far the structure reaches. Halfway, because the whole prompt box let the first mask grow
+    # past what the stop models were fitted on (docs/volume.md, stop 33).
+    anchor_box_weight: float = 0.5
     min_area_px: int = 4
     min_area_fraction: float = 0.01  # of the anchor slice's area
     min_predicted_iou: float = 0.5
@@ -462,6 +469,9 @@ class _Propagator:
     def next_box(self, prev: SliceRecord, prev_mask: np.ndarray, anchor_z: int) -> Box:
         c = self.config
         mask_box = _mask_box(prev_mask)
+        if prev.anchor and c.anchor_box_weight:
+            w = c.anchor_box_weight  # prev.box is the prompt's box on an anchor
+            mask_box = tuple(int(round((1.0 - w) * m + w * b)) for m, b in zip(mask_box, prev.box))
         shape = self.view.volume.shape[1:]
         if c.box_rule == "mask":
             return enlarge_box(mask_box, shape, c.box_margin, c.box_margin_px)

@@ -311,3 +311,29 @@ def test_cli_segment_3d_can_use_the_hand_rules(ellipsoid_volume, tmp_path, capsy
     with pytest.raises(SystemExit) as exc:  # argparse refuses an unknown rule before anything runs
         main(["segment-3d", str(study), "--box", *box, "--stop-rule", "guess", "--out", str(out)])
     assert exc.value.code == 2 and "--stop-rule" in capsys.readouterr().err
+
+
+def test_the_first_box_after_a_prompt_reaches_halfway_to_the_prompts_box(segmenter, ellipsoid_volume):
+    from models.propagation import enlarge_box
+
+    vol, truth = ellipsoid_volume
+    x0, y0, x1, y1 = _box(truth[CZ])
+    wide = (x0 - 10, y0 - 8, x1 + 10, y1 + 8)  # a loose box: the anchor's mask stays well inside it
+    cfg = PropagationConfig(cross_view=None, prior=False)
+    res = propagate(segmenter, vol, {CZ: PromptSet.from_box(*wide)}, config=cfg)
+    recs = {r.index: r for r in res.slices}
+    ys, xs = np.nonzero(res.mask[CZ])
+    anchor_mask_box = (xs.min(), ys.min(), xs.max(), ys.max())
+    halfway = tuple(int(round((m + b) / 2)) for m, b in zip(anchor_mask_box, wide))
+    for z in (CZ - 1, CZ + 1):
+        want = enlarge_box(halfway, truth.shape[1:], cfg.box_margin, cfg.box_margin_px)
+        assert recs[z].box == pytest.approx((want.x0, want.y0, want.x1, want.y1)), z
+    # the slices after the first take their boxes from masks alone
+    ys, xs = np.nonzero(res.mask[CZ + 1])
+    want = enlarge_box((xs.min(), ys.min(), xs.max(), ys.max()), truth.shape[1:], cfg.box_margin, cfg.box_margin_px)
+    assert recs[CZ + 2].box == pytest.approx((want.x0, want.y0, want.x1, want.y1))
+    # weight 0: the anchor's mask box, like every other slice
+    plain = propagate(segmenter, vol, {CZ: PromptSet.from_box(*wide)},
+                      config=PropagationConfig(cross_view=None, prior=False, anchor_box_weight=0.0))
+    want = enlarge_box(anchor_mask_box, truth.shape[1:], cfg.box_margin, cfg.box_margin_px)
+    assert {r.index: r for r in plain.slices}[CZ + 1].box == pytest.approx((want.x0, want.y0, want.x1, want.y1))
