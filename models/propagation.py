@@ -367,6 +367,9 @@ class _Propagator:
         self.anchor_window: dict[int, tuple[int, int, int, int] | None] = {}
         if config.stop_rule not in ("learned", "hand"):
             raise ValueError(f"unknown stop_rule {config.stop_rule!r}; use 'learned' or 'hand'")
+        if not 0.0 <= config.anchor_box_weight <= 1.0:
+            raise ValueError(f"anchor_box_weight must lie in [0, 1] (0: the anchor's mask box, 1: the prompt's box); "
+                             f"got {config.anchor_box_weight}")
 
     def image(self, z: int) -> np.ndarray:
         return apply_window(self.view.volume.voxels[z], self.bounds)

@@ -337,3 +337,5 @@ def test_the_first_box_after_a_prompt_reaches_halfway_to_the_prompts_box(segment
                       config=PropagationConfig(cross_view=None, prior=False, anchor_box_weight=0.0))
     want = enlarge_box(anchor_mask_box, truth.shape[1:], cfg.box_margin, cfg.box_margin_px)
     assert {r.index: r for r in plain.slices}[CZ + 1].box == pytest.approx((want.x0, want.y0, want.x1, want.y1))
+    with pytest.raises(ValueError, match="anchor_box_weight must lie in"):
+        propagate(segmenter, vol, {CZ: PromptSet.from_box(*wide)}, config=PropagationConfig(anchor_box_weight=1.5))
