@@ -252,12 +252,7 @@ def fit(a) -> None:
 
 def in_domain_rows(tree, t: dict[str, np.ndarray]) -> np.ndarray:
     """Per traced slice, whether the stop model trusts itself there (`LearnedStop.in_domain`, row by row)."""
-    from prompting.proposal_ranker import feature_matrix
-
-    if tree.low is None or tree.high is None:
-        return np.ones(len(t["case"]), bool)
-    x = feature_matrix(t, tree.features)
-    return ((x < np.asarray(tree.low)) | (x > np.asarray(tree.high))).mean(1) <= tree.max_outside
+    return tree.outside_shares(t) <= tree.max_outside
 
 
 def stop_flags(t: dict[str, np.ndarray], path: Path) -> np.ndarray:
@@ -340,12 +335,12 @@ def truth_stops(tp: dict[str, np.ndarray], cp: int, tb: dict[str, np.ndarray], c
             top = (0.0, 0.0, 0.0)
             for p in range(len(pi)):  # decoder slices 1..p
                 k = min(p, len(bi) - 1)
-                ib, ab = bi[k:] - bi[k], ba[k:] - ba[k]  # box slices p+1..b
+                ib, ab = bi[k:] - bi[k], ba[k:] - ba[k]  # box slices p+1..b (never empty: ib[0] is none)
                 gain = ib - best / 2 * ab
-                j = int(np.argmax(gain)) if len(gain) else 0
-                value = pi[p] - best / 2 * pa[p] + (gain[j] if len(gain) else 0.0)
+                j = int(np.argmax(gain))
+                value = pi[p] - best / 2 * pa[p] + gain[j]
                 if value > top[0]:
-                    top = (value, pi[p] + (ib[j] if len(ib) else 0.0), pa[p] + (ab[j] if len(ab) else 0.0))
+                    top = (value, pi[p] + ib[j], pa[p] + ab[j])
             inter, area = inter + top[1], area + top[2]
         dice = 2.0 * inter / max(area + info["truth"], 1)
         if dice <= best + 1e-9:

@@ -89,12 +89,18 @@ class TreeRanker:
     high: tuple[float, ...] | None = None
     max_outside: float = 1.0
 
+    def outside_shares(self, table: dict[str, np.ndarray]) -> np.ndarray:
+        """Per proposal (row), the share of its feature values outside the training range (0 when none
+        was stored)."""
+        x = feature_matrix(table, self.features)
+        if self.low is None or self.high is None or not x.size:
+            return np.zeros(len(x))
+        return ((x < np.asarray(self.low)) | (x > np.asarray(self.high))).mean(1)
+
     def outside_share(self, table: dict[str, np.ndarray]) -> float:
         """Share of the proposals' feature values outside the training range (0 when none was stored)."""
-        if self.low is None or self.high is None:
-            return 0.0
-        x = feature_matrix(table, self.features)
-        return float(((x < np.asarray(self.low)) | (x > np.asarray(self.high))).mean()) if x.size else 0.0
+        shares = self.outside_shares(table)
+        return float(shares.mean()) if shares.size else 0.0
 
     def in_domain(self, table: dict[str, np.ndarray]) -> bool:
         return self.outside_share(table) <= self.max_outside
